@@ -1,0 +1,100 @@
+"""Numeric policy in one place: fastmath flags, tile shapes, block sizes, tolerances.
+
+Kernels import their constants from here so that a reader can see every numeric
+decision of the package on one page, and so that Numba sees them as compile-time
+constants (module-level ints are frozen into the machine code).
+"""
+
+# -- fastmath ---------------------------------------------------------------------
+# Reassociation and contraction let LLVM vectorise reductions and fuse multiply-adds.
+# `nnan`/`ninf` are left out on purpose: inputs are validated to be finite, but
+# sentinels (+inf/-inf for "no result yet") must keep their meaning inside kernels.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}  # a set: Numba rejects frozenset
+
+# -- tiled assignment (coarse quantizer, k-means) ----------------------------------
+def _host_has_avx512f() -> bool:
+    # Reading the host's features does not compile anything.
+    try:
+        from llvmlite import binding
+        return bool(binding.get_host_cpu_features().get("avx512f", False))
+    except Exception:  # pragma: no cover - exotic llvmlite builds
+        return False
+
+
+# Register block of the micro-kernel: MR points x NR centroids of float32 accumulators
+# stay in vector registers while the kernel walks the feature dimension. ASSIGN_VW is the
+# vector width in floats the block is built from: 16 (one zmm) with AVX-512, else 8
+# (one ymm; two q-registers on NEON). MR=6 x 2 vectors = 12 accumulators, plus two
+# centroid loads and one broadcast, fits the 16 ymm / 32 zmm / 32 q registers.
+ASSIGN_VW = 16 if _host_has_avx512f() else 8
+ASSIGN_MR = 6
+ASSIGN_NR = 2 * ASSIGN_VW
+# Points per prange task: a tile of points is reused against every centroid panel, so
+# it should sit in L2: tile * d * 4 bytes <= ASSIGN_TILE_BYTES.
+ASSIGN_TILE_BYTES = 256 * 1024
+ASSIGN_TILE_MIN = ASSIGN_MR * 4
+ASSIGN_TILE_MAX = ASSIGN_MR * 128
+# Aim for at least this many tiles per thread so that prange can balance the load.
+ASSIGN_TILES_PER_THREAD = 4
+
+# Relative tolerance for comparing a fast kernel's chosen centroid with the oracle's
+# best when the two are nearly tied: float32 dot products over d terms carry about
+# sqrt(d) * 2**-24 relative error in the score, which becomes larger relative error
+# in the distance ||x||^2 - 2 x.c + ||c||^2 when the terms cancel.
+ASSIGN_RTOL = 1e-4
+
+# -- k-means -----------------------------------------------------------------------
+KMEANS_MAX_POINTS_PER_CENTROID = 256
+# FAISS nudges the two halves of a split cluster apart by this relative amount.
+KMEANS_SPLIT_EPS = 1.0 / 1024.0
+# Points per prange chunk in the centroid update (per-chunk partial sums).
+KMEANS_UPDATE_CHUNK = 4096
+
+# -- IVF ---------------------------------------------------------------------------
+# Inverted lists grow by this factor when full (amortised O(1) append).
+IVF_GROWTH = 1.5
+# Above this many queries per probed list on average, search is list-major.
+IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST = 4.0
+# A list's first allocation holds at least this many rows (tiny lists would otherwise
+# move on nearly every add).
+IVF_LIST_MIN_CAPACITY = 16
+# List-major scan: rows per tile, so that one tile (rows * d * 4 bytes) stays in L1/L2
+# while every query probing the list scans it.
+IVF_SCAN_TILE_BYTES = 32 * 1024
+# Single-query scan: rows per parallel run at least this many (a run must pay for the
+# parallel launch), and at most IVF_SINGLE_RUNS_PER_THREAD runs per thread.
+IVF_SINGLE_MIN_RUN = 2048
+IVF_SINGLE_RUNS_PER_THREAD = 2
+# List-major scan: partial top-k buffers (queries * nprobe * k * 12 bytes) are bounded
+# by processing the queries in batches of at most this many bytes of partials.
+IVF_PARTIAL_BYTES = 64 * 1024 * 1024
+
+# -- PQ fast-scan --------------------------------------------------------------------
+# Vectors per packed block: one 32-byte load holds two sub-quantizers' 4-bit codes
+# for 32 vectors.
+FASTSCAN_BLOCK = 32
+# Largest value a quantized 4-bit LUT sum may reach: the uint16 accumulator bound.
+FASTSCAN_ACC_MAX = 65535
+# Blocks per prange task when one list is scanned by several threads (8192 vectors:
+# large enough to amortise scheduling, small enough to balance 2-8 threads on 100k).
+FASTSCAN_LIST_CHUNK_BLOCKS = 256
+# Most sub-quantizers quantize_lut accepts: the rounding slack M/2 of the uint16 bound
+# proof must stay far below FASTSCAN_ACC_MAX (see fastscan.quantize_lut_into).
+FASTSCAN_MAX_M = 4096
+# Environment variable that forces a fast-scan backend (portable|avx2|avx512|neon|auto).
+FASTSCAN_ENV = "NUMBA_IVF_FASTSCAN"
+
+# -- persistence (on-disk index files) ---------------------------------------------
+# Bytes moved per write/read/checksum step. Large enough that syscall overhead is
+# negligible, small enough that a chunk is still in cache when crc32 runs over it and
+# that converting a non-contiguous array never needs more than this much extra memory.
+PERSIST_IO_CHUNK_BYTES = 16 * 1024 * 1024
+
+# -- datasets and benchmark harness --------------------------------------------------
+# Exact ground truth works in (query block) x (base block) float64 score tiles of at
+# most this many bytes, so memory stays bounded whatever the dataset size.
+GT_BATCH_BYTES = 32 * 1024 * 1024
+# A timed repeat of a search point lasts at least this long: faster calls are run
+# several times per repeat (at most BENCH_MAX_INNER) and the time divided.
+BENCH_MIN_REPEAT_S = 0.2
+BENCH_MAX_INNER = 1000
