@@ -1,0 +1,247 @@
+"""k-means clustering (Lloyd's algorithm) over the tiled assignment kernel.
+
+Orchestration only: the assignment, the centroid sums and the k-means++ distances are
+kernels in ``numba_ivf.kernels``; this module holds parameters, the random choices and
+the empty-cluster split.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+
+from ._config import KMEANS_SPLIT_EPS
+from ._validation import METRICS, check_choice, check_int, check_vectors
+from .kernels import assign as _assign
+from .kernels.kmeans_update import centroid_sums, update_min_sqdist
+
+INITS = ("random", "k-means++")
+
+
+def _n_chunks() -> int:
+    import numba
+    # Two chunks per thread: balanced, and a function of the thread count only, so the
+    # same seed and thread count give bit-identical centroids.
+    return 2 * numba.get_num_threads()
+
+
+class KMeans:
+    """k-means clustering with a parallel tiled assignment step.
+
+    Parameters
+    ----------
+    n_clusters : int
+        Number of centroids k (>= 1).
+    n_iter : int, default 25
+        Lloyd iterations (assignment + update).
+    init : {"random", "k-means++"}, default "random"
+        "random" picks k distinct training rows (as FAISS does); "k-means++" samples
+        rows with probability proportional to their squared distance to the centres
+        chosen so far (costs k passes over the data).
+    seed : int or None, default 1234
+        Seed of every random choice (subsampling, init, empty-cluster splits).
+    max_points_per_centroid : int or None, default 256
+        If there are more than ``n_clusters * max_points_per_centroid`` rows, train on a
+        random subset of that size (with a warning), as FAISS does. None: use all rows.
+    spherical : bool, default False
+        Re-normalise the centroids to unit length after every update. Always on for
+        ``metric="cosine"``; the natural choice for "ip".
+    metric : {"l2", "ip", "cosine"}, default "l2"
+        "l2" minimises squared distances; "ip" maximises inner products; "cosine"
+        normalises the rows and maximises cosine similarity.
+    variant : {"tiled", "monolithic", "scalar"}, default "tiled"
+        Assignment kernel (see :func:`numba_ivf.assign_nearest`).
+    verbose : bool, default False
+        Print one line per iteration (objective, time, splits).
+
+    Attributes
+    ----------
+    centroids : ndarray of shape (n_clusters, d), float32
+    objective : list of float
+        Per iteration, the objective of that iteration's assignment: the sum of squared
+        distances ("l2", never increases) or the sum of scores ("ip"/"cosine", never
+        decreases), as ``faiss.Kmeans.obj``.
+    n_features_in_ : int
+    n_split_ : int
+        Empty clusters split over the whole fit.
+
+    Examples
+    --------
+    >>> import numpy as np, numba_ivf
+    >>> x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+    >>> km = numba_ivf.KMeans(8, n_iter=10, seed=0).fit(x)
+    >>> km.centroids.shape, km.predict(x[:3]).shape
+    ((8, 16), (3,))
+    """
+
+    def __init__(self, n_clusters: int, n_iter: int = 25, init: str = "random",
+                 seed: int | None = 1234, max_points_per_centroid: int | None = 256,
+                 spherical: bool = False, metric: str = "l2", variant: str = "tiled",
+                 verbose: bool = False):
+        self.n_clusters = n_clusters
+        self.n_iter = n_iter
+        self.init = init
+        self.seed = seed
+        self.max_points_per_centroid = max_points_per_centroid
+        self.spherical = spherical
+        self.metric = metric
+        self.variant = variant
+        self.verbose = verbose
+
+    # ----------------------------------------------------------------- validation
+    def _check_params(self):
+        k = check_int("n_clusters", self.n_clusters, min_value=1)
+        check_int("n_iter", self.n_iter, min_value=0)
+        check_choice("init", self.init, INITS)
+        check_choice("metric", self.metric, METRICS)
+        check_choice("variant", self.variant, _assign.VARIANTS)
+        if self.max_points_per_centroid is not None:
+            check_int("max_points_per_centroid", self.max_points_per_centroid, min_value=1)
+        if self.seed is not None:
+            check_int("seed", self.seed)
+        if not isinstance(self.spherical, (bool, np.bool_)):
+            raise TypeError(f"spherical must be True or False; got {self.spherical!r}.")
+        return k
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, x, init_centroids=None) -> "KMeans":
+        """Cluster the rows of ``x``.
+
+        Parameters
+        ----------
+        x : array-like of shape (n, d)
+            float32 or float64, any memory order; n >= n_clusters.
+        init_centroids : array-like of shape (n_clusters, d), optional
+            Start from these centroids instead of ``init`` (as
+            ``faiss.Kmeans.train(x, init_centroids=...)``).
+
+        Returns
+        -------
+        self
+        """
+        k = self._check_params()
+        x = check_vectors(x, "x")
+        n, d = x.shape
+        if n < k:
+            raise ValueError(f"x has {n} rows, but n_clusters={k}: k-means needs at "
+                             f"least as many rows as clusters.")
+        if init_centroids is not None:
+            init_centroids = check_vectors(init_centroids, "init_centroids", d=d,
+                                           owner=f"x (d={d})")
+            if init_centroids.shape[0] != k:
+                raise ValueError(f"init_centroids has {init_centroids.shape[0]} rows, "
+                                 f"but n_clusters={k}.")
+        rng = np.random.default_rng(self.seed)
+        metric = self.metric
+        spherical = bool(self.spherical) or metric == "cosine"
+        if metric == "cosine":
+            x = _assign._normalize_rows(x)
+        x = self._subsample(x, k, rng)
+        n = x.shape[0]
+
+        if init_centroids is not None:
+            centroids = init_centroids.copy()
+        elif self.init == "random":
+            centroids = x[np.sort(rng.choice(n, size=k, replace=False))].copy()
+        else:
+            centroids = self._kmeanspp(x, k, rng)
+        if spherical:
+            centroids = _assign._normalize_rows(centroids)
+
+        l2 = metric == "l2"
+        kernel_metric = "l2" if l2 else "ip"
+        scale = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1.0
+        self.objective = []
+        self.n_split_ = 0
+        for it in range(self.n_iter):
+            t0 = time.perf_counter()
+            labels, dist = self._assign(x, centroids, kernel_metric)
+            t_assign = time.perf_counter() - t0
+            self.objective.append(float(dist.sum(dtype=np.float64)))
+            sums, counts = centroid_sums(x, labels, k, _n_chunks())
+            centroids, n_split = self._update(sums, counts, centroids, rng, scale)
+            if spherical:
+                centroids = _assign._normalize_rows(centroids)
+            self.n_split_ += n_split
+            if self.verbose:
+                print(f"KMeans iteration {it + 1}/{self.n_iter}: objective="
+                      f"{self.objective[-1]:.6g} (assign {t_assign:.3f} s, total "
+                      f"{time.perf_counter() - t0:.3f} s), {n_split} empty split",
+                      flush=True)
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self.n_features_in_ = d
+        self._prepared = None
+        return self
+
+    def _subsample(self, x, k, rng):
+        mppc = self.max_points_per_centroid
+        n = x.shape[0]
+        if mppc is None or n <= k * mppc:
+            return x
+        m = k * mppc
+        warnings.warn(f"KMeans: sampling {m} of {n} training rows (n_clusters={k} x "
+                      f"max_points_per_centroid={mppc}); pass max_points_per_centroid="
+                      f"None to train on all rows.", UserWarning, stacklevel=3)
+        return x[np.sort(rng.choice(n, size=m, replace=False))]
+
+    def _kmeanspp(self, x, k, rng):
+        n, d = x.shape
+        centroids = np.empty((k, d), dtype=np.float32)
+        first = int(rng.integers(n))
+        centroids[0] = x[first]
+        min_d2 = np.full(n, np.inf)
+        total = update_min_sqdist(x, x[first].astype(np.float64), min_d2, _n_chunks())
+        for c in range(1, k):
+            if total > 0:
+                nxt = int(np.searchsorted(np.cumsum(min_d2), rng.random() * total,
+                                          side="right"))
+                nxt = min(nxt, n - 1)
+            else:  # every row coincides with a centre already: any row will do
+                nxt = int(rng.integers(n))
+            centroids[c] = x[nxt]
+            total = update_min_sqdist(x, x[nxt].astype(np.float64), min_d2, _n_chunks())
+        return centroids
+
+    def _assign(self, x, centroids, kernel_metric):
+        if self.variant == "tiled":
+            prepared = _assign.prepare_centroids(centroids, kernel_metric == "l2")
+            return _assign.assign_prepared(x, prepared)
+        return _assign.assign_nearest(x, centroids, kernel_metric, self.variant)
+
+    @staticmethod
+    def _update(sums, counts, old, rng, scale):
+        """New centroids from sums; empty clusters split from large ones (as FAISS)."""
+        k, d = sums.shape
+        new = old.astype(np.float64)
+        filled = counts > 0
+        new[filled] = sums[filled] / counts[filled, None]
+        empty = np.flatnonzero(~filled)
+        counts = counts.copy()
+        # Alternate the nudge's sign per coordinate so the two copies move apart.
+        sign = np.where(np.arange(d) % 2 == 0, 1.0, -1.0)
+        for ci in empty:
+            weights = np.maximum(counts - 1, 0).astype(np.float64)
+            cj = int(rng.choice(k, p=weights / weights.sum()))
+            # FAISS scales by (1 +- eps); the added term keeps zero coordinates apart too.
+            nudge = KMEANS_SPLIT_EPS * sign * (np.abs(new[cj]) + 1e-3 * scale)
+            new[ci] = new[cj] + nudge
+            new[cj] = new[cj] - nudge
+            counts[ci] = counts[cj] // 2
+            counts[cj] -= counts[ci]
+        return new.astype(np.float32), len(empty)
+
+    # ----------------------------------------------------------------- predict
+    def _check_fitted(self):
+        if not hasattr(self, "centroids"):
+            raise RuntimeError("This KMeans instance is not fitted yet; call fit(x) "
+                               "before predict().")
+
+    def predict(self, x) -> np.ndarray:
+        """Index of the nearest centroid of each row of ``x`` (int64, shape (n,))."""
+        self._check_fitted()
+        x = check_vectors(x, "x", d=self.n_features_in_,
+                          owner=f"KMeans fitted on d={self.n_features_in_}",
+                          allow_1d=True)
+        return _assign.assign_nearest(x, self.centroids, self.metric, self.variant)[0]
