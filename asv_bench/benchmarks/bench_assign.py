@@ -1,0 +1,55 @@
+"""Assignment step: scalar oracle vs monolithic GEMM + argmax vs tiled kernel."""
+
+import numpy as np
+
+from ._common import QUICK, clustered
+
+SHAPES = ([(5000, 64, 128), (2000, 784, 256)] if QUICK else
+          [(50000, 128, 512), (60000, 784, 256), (100000, 50, 1024)])
+
+
+class TimeAssign:
+    params = (["scalar", "monolithic", "tiled"], [str(s) for s in SHAPES], ["l2", "ip"])
+    param_names = ["variant", "shape", "metric"]
+    timeout = 600
+
+    def setup(self, variant, shape, metric):
+        import numba_ivf
+        n, d, k = eval(shape)
+        if variant == "scalar" and n * d * k > 2e9:
+            raise NotImplementedError("the scalar oracle takes minutes at this size")
+        self.x = clustered(n, d, seed=1)
+        self.c = self.x[np.random.default_rng(2).choice(n, k, replace=False)].copy()
+        self.flop = 2.0 * n * d * k
+        # Compile (or load from cache) outside the timing.
+        numba_ivf.assign_nearest(self.x[:64], self.c, metric, variant)
+        self.fn = numba_ivf.assign_nearest
+
+    def time_assign(self, variant, shape, metric):
+        self.fn(self.x, self.c, metric, variant)
+
+    def track_gflops(self, variant, shape, metric):
+        import time
+        best = np.inf
+        for _ in range(3):
+            t0 = time.perf_counter()
+            self.fn(self.x, self.c, metric, variant)
+            best = min(best, time.perf_counter() - t0)
+        return self.flop / best / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class TimeSgemmReference:
+    """numpy's float32 GEMM of the same shape: the BLAS ceiling the tiled kernel is read against."""
+
+    params = [str(s) for s in SHAPES]
+    param_names = ["shape"]
+
+    def setup(self, shape):
+        n, d, k = eval(shape)
+        self.x = clustered(n, d, seed=1)
+        self.c = self.x[:k].copy()
+
+    def time_sgemm(self, shape):
+        self.x @ self.c.T

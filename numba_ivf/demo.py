@@ -1,0 +1,105 @@
+"""The README's main job: k-means per assignment variant, then IVF indexes, on generated data.
+
+Every figure printed is a median of repeats in this process, next to its baseline.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def _median_time(fn, repeats=5):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    hits = sum(len(np.intersect1d(f[f >= 0], t[:k])) for f, t in zip(found[:, :k], truth))
+    return hits / (truth.shape[0] * k)
+
+
+def run_demo(n: int = 50_000, d: int = 64, k: int = 256, seed: int = 0) -> int:
+    import numba
+
+    import numba_ivf
+    from numba_ivf.datasets import ground_truth, make_synthetic
+
+    print(f"numba_ivf {numba_ivf.__version__} demo: numba {numba.__version__}, "
+          f"{numba.get_num_threads()} threads")
+    t0 = time.perf_counter()
+    ds = make_synthetic(n=n, nq=1000, d=d, n_clusters=100, seed=seed)
+    x, q = ds.base, ds.queries
+    print(f"data: {n} x {d} float32 clustered Gaussian base, {len(q)} queries "
+          f"({time.perf_counter() - t0:.2f} s)")
+
+    # -- assignment step, three variants ------------------------------------------------
+    cents = x[np.random.default_rng(seed).choice(n, k, replace=False)]
+    t0 = time.perf_counter()
+    for v in ("scalar", "monolithic", "tiled"):
+        numba_ivf.assign_nearest(x[:100], cents, "l2", v)
+    print(f"\ncompile/load of the assignment kernels: {time.perf_counter() - t0:.2f} s")
+    flop = 2.0 * n * d * k
+    print(f"assignment of {n} points to k={k} centroids (median of repeats):")
+    base_t = None
+    ref_labels = numba_ivf.assign_nearest(x, cents, "l2", "scalar")[0]
+    for v, reps in (("scalar", 1), ("monolithic", 5), ("tiled", 5)):
+        t = _median_time(lambda: numba_ivf.assign_nearest(x, cents, "l2", v), reps)
+        base_t = base_t or t
+        same = (numba_ivf.assign_nearest(x, cents, "l2", v)[0] == ref_labels).mean()
+        print(f"  {v:<11s} {t * 1e3:9.1f} ms  {flop / t / 1e9:7.1f} GFLOP/s  "
+              f"{base_t / t:7.1f}x scalar  labels equal to oracle: {same:.4%}")
+
+    # -- k-means -----------------------------------------------------------------------
+    print(f"\nKMeans(n_clusters={k}, n_iter=25) fit, all {n} points:")
+    for v in ("monolithic", "tiled"):
+        km = numba_ivf.KMeans(k, n_iter=1, variant=v, max_points_per_centroid=None).fit(x)
+        t = _median_time(lambda: numba_ivf.KMeans(
+            k, n_iter=25, variant=v, max_points_per_centroid=None).fit(x), 3)
+        km = numba_ivf.KMeans(k, n_iter=25, variant=v, max_points_per_centroid=None).fit(x)
+        print(f"  {v:<11s} {t:7.3f} s   final objective {km.objective[-1] / n:.4f} per point")
+
+    # -- IVF indexes ---------------------------------------------------------------------
+    _, truth = ground_truth(x, q, 10, "l2")
+    nlist = int(4 * np.sqrt(n))
+    print(f"\nIVF indexes, nlist={nlist}, recall@10 against exact search:")
+    for name, make in _index_builders(d, nlist):
+        try:
+            index = make()
+        except ImportError as exc:  # an index family that is not in this build
+            print(f"  {name}: not available ({exc})")
+            continue
+        t0 = time.perf_counter()
+        index.train(x)
+        index.add(x)
+        build = time.perf_counter() - t0
+        print(f"  {name}: train + add {build:.2f} s")
+        for nprobe in (1, 4, 16, 64):
+            index.search(q[:8], 10, nprobe=nprobe)
+            t = _median_time(lambda: index.search(q, 10, nprobe=nprobe), 3)
+            _, ids = index.search(q, 10, nprobe=nprobe)
+            print(f"     nprobe={nprobe:<3d} recall@10={_recall(ids, truth, 10):.3f}  "
+                  f"{len(q) / t:10.0f} QPS (batch of {len(q)})")
+    return 0
+
+
+def _index_builders(d, nlist):
+    def flat():
+        from numba_ivf import IVFFlat
+        return IVFFlat(d, nlist, metric="l2")
+
+    def pq8():
+        from numba_ivf import IVFPQ
+        return IVFPQ(d, nlist, m=d // 4, nbits=8, metric="l2")
+
+    def pq4_refine():
+        from numba_ivf import IVFPQ
+        return IVFPQ(d, nlist, m=d // 2, nbits=4, metric="l2", refine=True)
+
+    return [("IVFFlat", flat), (f"IVFPQ m={d // 4} 8-bit", pq8),
+            (f"IVFPQ m={d // 2} 4-bit fast-scan + refine", pq4_refine)]
