@@ -1,0 +1,164 @@
+"""Product quantizer: d dimensions split into m sub-spaces of d/m, 2**nbits codes each.
+
+Orchestration only: training runs ``KMeans`` per sub-space (the tiled assignment),
+encoding runs the tiled assignment kernel per sub-space, decoding and distance tables
+are kernels in ``numba_ivf.kernels.pq_encode``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import check_choice, check_int, check_vectors
+from .kernels import assign as _assign
+from .kernels.pq_encode import pq_decode, pq_distance_tables
+
+NBITS = (4, 8)
+
+
+def check_pq_shape(d: int, m: int, nbits: int, owner: str = "ProductQuantizer"):
+    """Validate (d, m, nbits) and return them as ints; d must be divisible by m."""
+    d = check_int("d", d, min_value=1)
+    m = check_int("m", m, min_value=1)
+    nbits = check_int("nbits", nbits)
+    if nbits not in NBITS:
+        raise ValueError(f"nbits must be 4 or 8; got {nbits}.")
+    if d % m:
+        divisors = [v for v in range(1, d + 1) if d % v == 0]
+        shown = ", ".join(map(str, divisors[:20])) + (", ..." if len(divisors) > 20 else "")
+        raise ValueError(f"{owner}: d={d} is not divisible by m={m}; m must divide d "
+                         f"(divisors of {d}: {shown}).")
+    return d, m, nbits
+
+
+class ProductQuantizer:
+    """Product quantizer with 4-bit or 8-bit codes.
+
+    Parameters
+    ----------
+    d : int
+        Vector dimension; must be divisible by ``m``.
+    m : int
+        Number of sub-quantizers (bytes per vector at 8 bits, half that at 4 bits).
+    nbits : {8, 4}, default 8
+        Bits per sub-quantizer code: 256 or 16 centroids per sub-space.
+
+    Attributes
+    ----------
+    codebooks : ndarray of shape (m, 2**nbits, d // m), float32
+        Set by :meth:`train`.
+
+    Examples
+    --------
+    >>> import numpy as np, numba_ivf
+    >>> x = np.random.default_rng(0).standard_normal((4000, 32)).astype(np.float32)
+    >>> pq = numba_ivf.ProductQuantizer(32, 8, nbits=4)
+    >>> pq.train(x)
+    >>> codes = pq.encode(x[:5]); codes.shape, codes.dtype
+    ((5, 8), dtype('uint8'))
+    >>> pq.decode(codes).shape
+    (5, 32)
+    """
+
+    def __init__(self, d: int, m: int, nbits: int = 8):
+        self.d, self.m, self.nbits = check_pq_shape(d, m, nbits)
+        self.dsub = self.d // self.m
+        self.ksub = 1 << self.nbits
+        self.codebooks = None
+        self._prepared = None
+
+    @property
+    def is_trained(self) -> bool:
+        return self.codebooks is not None
+
+    def __repr__(self):
+        return f"ProductQuantizer(d={self.d}, m={self.m}, nbits={self.nbits})"
+
+    # ------------------------------------------------------------------ training
+    def train(self, x, *, n_iter: int = 25, seed: int | None = 1234,
+              max_points_per_centroid: int | None = 256, verbose: bool = False) -> None:
+        """Train one k-means codebook per sub-space on the rows of ``x`` (n, d).
+
+        Each sub-space trains on at most ``2**nbits * max_points_per_centroid`` rows
+        (a random subset, as FAISS does).
+        """
+        from .kmeans import KMeans
+
+        x = check_vectors(x, "x", d=self.d, owner=repr(self))
+        if x.shape[0] < self.ksub:
+            raise ValueError(f"x has {x.shape[0]} rows, but {self!r} trains "
+                             f"{self.ksub} centroids per sub-space: give at least "
+                             f"{self.ksub} training rows.")
+        rng = np.random.default_rng(seed)
+        cap = None if max_points_per_centroid is None else self.ksub * max_points_per_centroid
+        if cap is not None and x.shape[0] > cap:
+            x = x[np.sort(rng.choice(x.shape[0], size=cap, replace=False))]
+        codebooks = np.empty((self.m, self.ksub, self.dsub), dtype=np.float32)
+        for j in range(self.m):
+            sub = np.ascontiguousarray(x[:, j * self.dsub:(j + 1) * self.dsub])
+            km = KMeans(self.ksub, n_iter=n_iter, seed=int(rng.integers(2**31)),
+                        max_points_per_centroid=None, verbose=False)
+            codebooks[j] = km.fit(sub).centroids
+            if verbose:
+                print(f"ProductQuantizer: sub-space {j + 1}/{self.m} trained, "
+                      f"objective {km.objective[-1]:.6g}", flush=True)
+        self.set_codebooks(codebooks)
+
+    def set_codebooks(self, codebooks) -> None:
+        """Install trained codebooks of shape (m, 2**nbits, d // m)."""
+        cb = np.ascontiguousarray(codebooks, dtype=np.float32)
+        want = (self.m, self.ksub, self.dsub)
+        if cb.shape != want:
+            raise ValueError(f"codebooks must have shape {want} for {self!r}; got "
+                             f"{cb.shape}.")
+        if not np.isfinite(cb).all():
+            raise ValueError("codebooks contain NaN or infinity.")
+        self.codebooks = cb
+        self._prepared = [_assign.prepare_centroids(cb[j], True) for j in range(self.m)]
+
+    def _check_trained(self):
+        if self.codebooks is None:
+            raise RuntimeError(f"{self!r} is not trained; call train(x) first.")
+
+    # ------------------------------------------------------------------ codes
+    def encode(self, x) -> np.ndarray:
+        """Codes (n, m) uint8 of the rows of ``x``: nearest centroid per sub-space."""
+        self._check_trained()
+        x = check_vectors(x, "x", d=self.d, owner=repr(self), allow_1d=True)
+        return self._encode(x)
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        codes = np.empty((x.shape[0], self.m), dtype=np.uint8)
+        if x.shape[0] == 0:
+            return codes
+        for j in range(self.m):
+            sub = np.ascontiguousarray(x[:, j * self.dsub:(j + 1) * self.dsub])
+            codes[:, j] = _assign.assign_prepared(sub, self._prepared[j])[0]
+        return codes
+
+    def decode(self, codes) -> np.ndarray:
+        """Reconstructions (n, d) float32 of codes (n, m)."""
+        self._check_trained()
+        codes = np.asarray(codes)
+        if codes.ndim == 1:
+            codes = codes.reshape(1, -1)
+        if codes.ndim != 2 or codes.shape[1] != self.m:
+            raise ValueError(f"codes must have shape (n, {self.m}); got {codes.shape}.")
+        if codes.dtype.kind not in "ui" or (codes.size and (codes.min() < 0 or
+                                                            codes.max() >= self.ksub)):
+            raise ValueError(f"codes must be integers in [0, {self.ksub}); got dtype "
+                             f"{codes.dtype} with range "
+                             f"[{codes.min() if codes.size else 0}, "
+                             f"{codes.max() if codes.size else 0}].")
+        return pq_decode(np.ascontiguousarray(codes, dtype=np.uint8), self.codebooks)
+
+    def distance_tables(self, q, metric: str = "l2") -> np.ndarray:
+        """Per query, sub-space and code: (nq, m, 2**nbits) float32.
+
+        "l2": squared distance of the query's sub-vector to each centroid, so the ADC
+        distance to a code vector c is ``sum_j tables[j, c_j]``; "ip": inner products.
+        """
+        self._check_trained()
+        check_choice("metric", metric, ("l2", "ip"))
+        q = check_vectors(q, "q", d=self.d, owner=repr(self), allow_1d=True)
+        return pq_distance_tables(q, self.codebooks, metric == "l2")
