@@ -64,6 +64,10 @@ IVF_SCAN_TILE_BYTES = 32 * 1024
 # Single-query scan: rows per parallel run at least this many (a run must pay for the
 # parallel launch), and at most IVF_SINGLE_RUNS_PER_THREAD runs per thread.
 IVF_SINGLE_MIN_RUN = 2048
+# Up to this many queries, the coarse step scans the centroids like one flat list
+# (per-query heap, parallel runs when large) instead of the tiled kernel, whose
+# register block is built for many rows at a time.
+IVF_COARSE_SCAN_MAX_QUERIES = 4
 IVF_SINGLE_RUNS_PER_THREAD = 2
 # List-major scan: partial top-k buffers (queries * nprobe * k * 12 bytes) are bounded
 # by processing the queries in batches of at most this many bytes of partials.
@@ -104,3 +108,20 @@ GT_BATCH_BYTES = 32 * 1024 * 1024
 # several times per repeat (at most BENCH_MAX_INNER) and the time divided.
 BENCH_MIN_REPEAT_S = 0.2
 BENCH_MAX_INNER = 1000
+
+# -- IVF-PQ ------------------------------------------------------------------------
+# 8-bit L2-by-residual scan: a list's table is qlut + term[list]. Building that sum costs
+# m * ksub adds; summing the two tables per code costs m extra adds per row. So the sum
+# is built only for lists of at least PQ_LUT_BUILD_MIN_ROWS * ksub rows (break-even 1).
+PQ_LUT_BUILD_MIN_ROWS = 1
+# Rows per list run of a blocked (4-bit fast-scan) payload: list starts and capacities
+# are multiples of this so every list owns whole packed blocks.
+PQ_FASTSCAN_ALIGN = 32
+# Default and largest refine factor (candidates re-ranked exactly = k_factor * k).
+PQ_REFINE_K_FACTOR = 4
+PQ_REFINE_K_FACTOR_MAX = 1024
+# Training rows for the PQ codebooks: at most ksub * this many residuals (as FAISS).
+PQ_TRAIN_MAX_POINTS_PER_CENTROID = 256
+# A few queries are scanned on one thread unless their probed lists hold at least this
+# many codes per thread (below that, waking the pool costs more than the scan).
+PQ_SINGLE_MIN_ROWS = 8192

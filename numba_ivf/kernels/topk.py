@@ -1,0 +1,159 @@
+"""Bounded top-k selection and merging, shared by every IVF search path.
+
+Everything here *minimises* a float32 key: L2 uses the squared distance, inner-product
+metrics use the negated score (negation is exact, so ordering and ties are kept). Ties
+are broken by ascending id, which makes results deterministic and lets parity tests
+compare ids exactly.
+
+A top-k is a max-heap of ``k`` (key, id) pairs with the *worst* kept pair at the root,
+pre-filled with the sentinel (+inf, ``ID_SENTINEL``). Because the sentinel id is the
+largest int64, a sentinel loses every tie against a real entry, and a real entry whose
+key overflowed to +inf still ranks before padding. Callers turn sentinels into
+``-1`` ids (and +/-inf distances) when they write results.
+
+Layers: ``merge_topk`` (Python) -> ``_merge_topk_driver`` (prange over queries) ->
+the serial ``heap_*`` workers, which scan kernels inline into their own loops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .._config import FASTMATH
+
+# numba accepts a set (not a frozenset) for fastmath.
+_FM = set(FASTMATH)
+
+__all__ = ["ID_SENTINEL", "heap_init", "heap_push", "heap_sort", "merge_topk"]
+
+ID_SENTINEL = np.iinfo(np.int64).max
+
+
+@njit(cache=True, inline="always")
+def _worse(d1, i1, d2, i2):
+    """True if (d1, i1) ranks after (d2, i2): larger key, or equal key and larger id."""
+    return d1 > d2 or (d1 == d2 and i1 > i2)
+
+
+@njit(cache=True, fastmath=_FM)
+def heap_init(hd, hi):
+    """Fill a heap with sentinels (+inf, ID_SENTINEL)."""
+    for j in range(hd.shape[0]):
+        hd[j] = np.inf
+        hi[j] = ID_SENTINEL
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def heap_push(hd, hi, d, i):
+    """Offer (d, i) to the max-heap (hd, hi); keep it if it beats the current worst.
+
+    The heap always holds exactly ``len(hd)`` pairs (sentinels included), so a push is
+    a replace-root-and-sift-down. Returns nothing; the caller may read ``hd[0]`` as
+    the current admission threshold.
+    """
+    k = hd.shape[0]
+    if not _worse(hd[0], hi[0], d, i):
+        return
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= k:
+            break
+        right = child + 1
+        if right < k and _worse(hd[right], hi[right], hd[child], hi[child]):
+            child = right
+        if _worse(hd[child], hi[child], d, i):
+            hd[pos] = hd[child]
+            hi[pos] = hi[child]
+            pos = child
+        else:
+            break
+    hd[pos] = d
+    hi[pos] = i
+
+
+@njit(cache=True, fastmath=_FM)
+def _sift_down(hd, hi, pos, n):
+    d = hd[pos]
+    i = hi[pos]
+    while True:
+        child = 2 * pos + 1
+        if child >= n:
+            break
+        right = child + 1
+        if right < n and _worse(hd[right], hi[right], hd[child], hi[child]):
+            child = right
+        if _worse(hd[child], hi[child], d, i):
+            hd[pos] = hd[child]
+            hi[pos] = hi[child]
+            pos = child
+        else:
+            break
+    hd[pos] = d
+    hi[pos] = i
+
+
+@njit(cache=True, fastmath=_FM)
+def heap_sort(hd, hi):
+    """Sort a max-heap in place into ascending (key, id) order (best first)."""
+    n = hd.shape[0]
+    for end in range(n - 1, 0, -1):
+        d = hd[0]
+        i = hi[0]
+        hd[0] = hd[end]
+        hi[0] = hi[end]
+        hd[end] = d
+        hi[end] = i
+        _sift_down(hd, hi, 0, end)
+
+
+@njit(cache=True, fastmath=_FM)
+def merge_one(part_d, part_i, out_d, out_i):
+    """Merge m partial top-ks (rows of ``part_d``/``part_i``) into one sorted top-k.
+
+    Partial rows may be in any order and may hold sentinels; the output is sorted
+    best first with sentinels last.
+    """
+    heap_init(out_d, out_i)
+    for r in range(part_d.shape[0]):
+        for j in range(part_d.shape[1]):
+            if part_i[r, j] != ID_SENTINEL:
+                heap_push(out_d, out_i, part_d[r, j], part_i[r, j])
+    heap_sort(out_d, out_i)
+
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def _merge_topk_driver(part_d, part_i, out_d, out_i):
+    for q in prange(part_d.shape[0]):
+        merge_one(part_d[q], part_i[q], out_d[q], out_i[q])
+
+
+def merge_topk(part_d: np.ndarray, part_i: np.ndarray, k: int):
+    """Merge per-query partial top-ks into one sorted top-k per query.
+
+    Parameters
+    ----------
+    part_d : ndarray of shape (nq, m, kp), float32
+        Keys to minimise (+inf for padding).
+    part_i : ndarray of shape (nq, m, kp), int64
+        Ids, ``ID_SENTINEL`` (or -1) for padding.
+    k : int
+        Results per query.
+
+    Returns
+    -------
+    keys : ndarray of shape (nq, k), float32, ascending, +inf padding.
+    ids : ndarray of shape (nq, k), int64, ``ID_SENTINEL`` padding.
+    """
+    part_d = np.ascontiguousarray(part_d, dtype=np.float32)
+    part_i = np.ascontiguousarray(part_i, dtype=np.int64)
+    if part_d.ndim != 3 or part_d.shape != part_i.shape:
+        raise ValueError(f"part_d and part_i must both have shape (nq, m, kp); got "
+                         f"{part_d.shape} and {part_i.shape}.")
+    part_i = np.where(part_i < 0, ID_SENTINEL, part_i)
+    nq = part_d.shape[0]
+    out_d = np.empty((nq, k), dtype=np.float32)
+    out_i = np.empty((nq, k), dtype=np.int64)
+    _merge_topk_driver(part_d, part_i, out_d, out_i)
+    return out_d, out_i
