@@ -12,10 +12,10 @@ import warnings
 
 import numpy as np
 
-from ._config import KMEANS_SPLIT_EPS
+from ._config import KMEANS_BOUND_SLACK, KMEANS_SPLIT_EPS
 from ._validation import METRICS, check_choice, check_int, check_vectors
 from .kernels import assign as _assign
-from .kernels.kmeans_update import centroid_sums, update_min_sqdist
+from .kernels.kmeans_update import centroid_sums, own_sqdist, update_min_sqdist
 
 INITS = ("random", "k-means++")
 
@@ -53,8 +53,16 @@ class KMeans:
         normalises the rows and maximises cosine similarity.
     variant : {"tiled", "monolithic", "scalar"}, default "tiled"
         Assignment kernel (see :func:`numba_ivf.assign_nearest`).
+    bounds : bool, default True
+        Skip the points whose nearest centroid provably did not change (Hamerly's
+        bounds: an upper bound on the distance to the own centroid, a lower bound on
+        the distance to every other one, moved by how far the centroids moved). The
+        assignments are Lloyd's, so the result is the same (up to float32 rounding of
+        near-ties); only the work shrinks, by a lot once clusters settle. Used with the
+        "tiled" variant when the assignment is a Euclidean argmin ("l2", or any
+        spherical fit, where argmax x.c = argmin ||x - c|| because ||c|| = 1).
     verbose : bool, default False
-        Print one line per iteration (objective, time, splits).
+        Print one line per iteration (objective, time, splits, points recomputed).
 
     Attributes
     ----------
@@ -79,7 +87,7 @@ class KMeans:
     def __init__(self, n_clusters: int, n_iter: int = 25, init: str = "random",
                  seed: int | None = 1234, max_points_per_centroid: int | None = 256,
                  spherical: bool = False, metric: str = "l2", variant: str = "tiled",
-                 verbose: bool = False):
+                 bounds: bool = True, verbose: bool = False):
         self.n_clusters = n_clusters
         self.n_iter = n_iter
         self.init = init
@@ -88,6 +96,7 @@ class KMeans:
         self.spherical = spherical
         self.metric = metric
         self.variant = variant
+        self.bounds = bounds
         self.verbose = verbose
 
     # ----------------------------------------------------------------- validation
@@ -101,8 +110,10 @@ class KMeans:
             check_int("max_points_per_centroid", self.max_points_per_centroid, min_value=1)
         if self.seed is not None:
             check_int("seed", self.seed)
-        if not isinstance(self.spherical, (bool, np.bool_)):
-            raise TypeError(f"spherical must be True or False; got {self.spherical!r}.")
+        for name in ("spherical", "bounds"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{name} must be True or False; got {value!r}.")
         return k
 
     # ----------------------------------------------------------------- fit
@@ -152,24 +163,39 @@ class KMeans:
 
         l2 = metric == "l2"
         kernel_metric = "l2" if l2 else "ip"
+        # Hamerly's bounds need a Euclidean argmin: "l2", or unit-norm centroids.
+        use_bounds = self.bounds and self.variant == "tiled" and (l2 or spherical)
         scale = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1.0
         self.objective = []
         self.n_split_ = 0
+        self.n_recomputed_ = []
+        state = None
+        if use_bounds and not l2:
+            xnorm2 = np.einsum("ij,ij->i", x, x, dtype=np.float64)
         for it in range(self.n_iter):
             t0 = time.perf_counter()
-            labels, dist = self._assign(x, centroids, kernel_metric)
+            if use_bounds:
+                labels, dist, state = self._assign_bounded(x, centroids, state, scale)
+                if not l2:  # spherical ip/cosine: report scores, as the plain path does
+                    dist = (xnorm2 + 1.0 - dist) / 2.0
+            else:
+                labels, dist = self._assign(x, centroids, kernel_metric)
+                self.n_recomputed_.append(n)
             t_assign = time.perf_counter() - t0
             self.objective.append(float(dist.sum(dtype=np.float64)))
             sums, counts = centroid_sums(x, labels, k, _n_chunks())
+            old = centroids
             centroids, n_split = self._update(sums, counts, centroids, rng, scale)
             if spherical:
                 centroids = _assign._normalize_rows(centroids)
+            if use_bounds:
+                state = self._move_bounds(state, labels, old, centroids)
             self.n_split_ += n_split
             if self.verbose:
                 print(f"KMeans iteration {it + 1}/{self.n_iter}: objective="
                       f"{self.objective[-1]:.6g} (assign {t_assign:.3f} s, total "
-                      f"{time.perf_counter() - t0:.3f} s), {n_split} empty split",
-                      flush=True)
+                      f"{time.perf_counter() - t0:.3f} s), {n_split} empty split, "
+                      f"{self.n_recomputed_[-1]} points recomputed", flush=True)
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.n_features_in_ = d
         self._prepared = None
@@ -203,6 +229,57 @@ class KMeans:
             centroids[c] = x[nxt]
             total = update_min_sqdist(x, x[nxt].astype(np.float64), min_d2, _n_chunks())
         return centroids
+
+    def _assign_bounded(self, x, centroids, state, scale):
+        """Lloyd's assignment, recomputing only rows whose bounds do not prove it.
+
+        state: None (first iteration) or (labels, lower) where lower[i] is a lower
+        bound on the distance (not squared) from row i to every centroid but its own.
+        Returns labels, squared distances to the assigned centroid, and the new state.
+        """
+        n, k = x.shape[0], centroids.shape[0]
+        prepared = _assign.prepare_centroids(centroids, True)
+        if state is None:
+            todo = None
+            labels = np.empty(n, dtype=np.int64)
+            sqdist = np.empty(n, dtype=np.float64)
+            lower = np.empty(n, dtype=np.float64)
+        else:
+            labels, lower = state
+            sqdist = own_sqdist(x, centroids, labels)
+            upper = np.sqrt(sqdist)
+            # Recompute unless upper < lower by a margin that covers float32 rounding
+            # of the kernel's distances.
+            slack = KMEANS_BOUND_SLACK * (upper + lower + scale)
+            todo = np.flatnonzero(upper + slack >= lower)
+        rows = x if todo is None else np.ascontiguousarray(x[todo])
+        if rows.shape[0]:
+            if k >= 2:
+                top_d, top_i = _assign.topk_prepared(rows, prepared, 2)
+                second = np.sqrt(top_d[:, 1].astype(np.float64))
+            else:
+                top_i, top_d = _assign.assign_prepared(rows, prepared)
+                top_d, top_i = top_d[:, None], top_i[:, None]
+                second = np.full(rows.shape[0], np.inf)
+            where = slice(None) if todo is None else todo
+            labels[where] = top_i[:, 0]
+            sqdist[where] = top_d[:, 0]
+            lower[where] = second
+        self.n_recomputed_.append(n if todo is None else int(todo.size))
+        return labels, sqdist, (labels, lower)
+
+    @staticmethod
+    def _move_bounds(state, labels, old, new):
+        """Lower bounds after the centroids moved: minus the largest other drift."""
+        labels, lower = state
+        drift = np.sqrt(((new.astype(np.float64) - old) ** 2).sum(1))
+        if drift.shape[0] >= 2:
+            top = np.argsort(drift)[-2:]
+            first, second = drift[top[1]], drift[top[0]]
+            lower = lower - np.where(labels == top[1], second, first)
+        else:
+            lower = lower - drift[0]
+        return labels.copy(), lower
 
     def _assign(self, x, centroids, kernel_metric):
         if self.variant == "tiled":

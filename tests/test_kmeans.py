@@ -190,3 +190,31 @@ def test_bad_data_is_rejected_and_fitted_model_unchanged():
 def test_predict_before_fit():
     with pytest.raises(RuntimeError, match="not fitted yet"):
         numba_ivf.KMeans(2).predict(np.ones((3, 2)))
+
+
+@pytest.mark.parametrize("metric, spherical", [("l2", False), ("cosine", True), ("ip", True)])
+def test_bounds_give_lloyds_result(metric, spherical):
+    # Hamerly's bounds only skip rows whose assignment is certain: the run must match a
+    # plain Lloyd run iteration by iteration.
+    rng = np.random.default_rng(12)
+    centres = rng.standard_normal((20, 12)) * 3
+    x = (centres[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, 12))).astype(np.float32)
+    kw = dict(n_iter=12, seed=4, metric=metric, spherical=spherical)
+    fast = numba_ivf.KMeans(20, bounds=True, **kw).fit(x)
+    slow = numba_ivf.KMeans(20, bounds=False, **kw).fit(x)
+    np.testing.assert_allclose(fast.objective, slow.objective, rtol=1e-5)
+    np.testing.assert_allclose(fast.centroids, slow.centroids, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(fast.predict(x), slow.predict(x))
+    assert fast.n_recomputed_[0] == 3000 and slow.n_recomputed_ == [3000] * 12
+    assert fast.n_recomputed_[-1] < 1500, fast.n_recomputed_  # the bounds do prune
+
+
+def test_bounds_on_random_data_and_single_cluster():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1500, 30)).astype(np.float32)
+    fast = numba_ivf.KMeans(25, n_iter=10, seed=1).fit(x)
+    slow = numba_ivf.KMeans(25, n_iter=10, seed=1, bounds=False).fit(x)
+    np.testing.assert_allclose(fast.objective, slow.objective, rtol=1e-5)
+    one = numba_ivf.KMeans(1, n_iter=3).fit(x)
+    np.testing.assert_allclose(one.centroids[0], x.mean(0), rtol=1e-5, atol=1e-6)
+    assert one.n_recomputed_ == [1500, 0, 0]

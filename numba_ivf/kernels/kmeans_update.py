@@ -68,3 +68,18 @@ def update_min_sqdist(x, center, min_d2, n_chunks):
     for t in range(n_chunks):
         total += partial[t]
     return total
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def own_sqdist(x, centroids, labels):
+    """Squared distance (float64 accumulation) of each row to its own centroid."""
+    n, d = x.shape
+    out = np.empty(n, dtype=np.float64)
+    for i in prange(n):
+        c = labels[i]
+        acc = 0.0
+        for j in range(d):
+            diff = np.float64(x[i, j]) - centroids[c, j]
+            acc += diff * diff
+        out[i] = acc
+    return out
