@@ -249,8 +249,9 @@ class KMeans:
             sqdist = own_sqdist(x, centroids, labels)
             upper = np.sqrt(sqdist)
             # Recompute unless upper < lower by a margin that covers float32 rounding
-            # of the kernel's distances.
-            slack = KMEANS_BOUND_SLACK * (upper + lower + scale)
+            # of the kernel's distances (a skip only matters where lower ~ upper, so
+            # the margin scales with upper; lower may be inf when k == 1).
+            slack = KMEANS_BOUND_SLACK * (2.0 * upper + scale)
             todo = np.flatnonzero(upper + slack >= lower)
         rows = x if todo is None else np.ascontiguousarray(x[todo])
         if rows.shape[0]:

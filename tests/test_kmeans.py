@@ -215,6 +215,6 @@ def test_bounds_on_random_data_and_single_cluster():
     fast = numba_ivf.KMeans(25, n_iter=10, seed=1).fit(x)
     slow = numba_ivf.KMeans(25, n_iter=10, seed=1, bounds=False).fit(x)
     np.testing.assert_allclose(fast.objective, slow.objective, rtol=1e-5)
-    one = numba_ivf.KMeans(1, n_iter=3).fit(x)
+    one = numba_ivf.KMeans(1, n_iter=3, max_points_per_centroid=None).fit(x)
     np.testing.assert_allclose(one.centroids[0], x.mean(0), rtol=1e-5, atol=1e-6)
     assert one.n_recomputed_ == [1500, 0, 0]
