@@ -1,0 +1,194 @@
+"""``numba-ivf bench``: command-line front end of the recall/QPS harness.
+
+:func:`main` receives the arguments after ``bench``; the console script
+``numba-ivf`` and ``python -m numba_ivf`` dispatch to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .harness import INDEXES, LIBRARIES, BenchConfig, run_benchmark
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+_EXAMPLES = """\
+examples:
+  numba-ivf bench --quick
+  numba-ivf bench --dataset /root/ann-data/glove-50 --k 10 --mode both --out glove
+  numba-ivf bench --dataset sift_base.fvecs --metric l2 --libs numba_ivf,faiss
+"""
+
+
+def _int_list(name):
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a comma-separated list of integers such as 1,2,4; "
+                f"got {text!r}") from None
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{name} values must be integers >= 1; got {text!r}")
+        return values
+    return parse
+
+
+def _choice_list(name, allowed):
+    def parse(text: str) -> tuple:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in values if v not in allowed]
+        if not values or bad:
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a comma-separated subset of {','.join(allowed)}; "
+                f"got {text!r}")
+        return tuple(dict.fromkeys(values))  # keep order, drop repeats
+    return parse
+
+
+def _positive_int(name):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer; got "
+                                             f"{text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1; got {v}")
+        return v
+    return parse
+
+
+def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
+    """The argument parser of ``numba-ivf bench`` (arguments after ``bench``)."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Sweep recall@k against queries per second for numba_ivf's IVF "
+                    "indexes, beside FAISS and hnswlib when they are installed.",
+        epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default="synthetic", metavar="PATH|NAME|synthetic",
+                   help="'synthetic' (default), a folder with base.npy/queries.npy/"
+                        "neighbors_<metric>.npy/meta.json, an ann-benchmarks .hdf5 "
+                        "file, a *base.fvecs file, or a name under $NUMBA_IVF_DATA or "
+                        "~/ann-data")
+    d.add_argument("--metric", default=None,
+                   choices=["l2", "ip", "cosine", "euclidean", "angular", "dot"],
+                   help="default: the dataset's own (l2 for synthetic)")
+    d.add_argument("--k", type=_positive_int("--k"), default=10,
+                   help="neighbours per query; recall@k is measured (default 10)")
+    d.add_argument("--max-queries", type=_positive_int("--max-queries"), default=None,
+                   help="use only the first N queries (default all; 500 with --quick)")
+    d.add_argument("--n", dest="synthetic_n", metavar="N",
+                   type=_positive_int("--n"), default=None,
+                   help="synthetic: base vectors (default 100000; 10000 with --quick)")
+    d.add_argument("--nq", dest="synthetic_nq", metavar="NQ",
+                   type=_positive_int("--nq"), default=None,
+                   help="synthetic: queries (default 1000; 200 with --quick)")
+    d.add_argument("--d", dest="synthetic_d", metavar="D",
+                   type=_positive_int("--d"), default=32,
+                   help="synthetic: dimensions (default 32)")
+    d.add_argument("--clusters", dest="synthetic_clusters", metavar="C",
+                   type=_positive_int("--clusters"), default=50,
+                   help="synthetic: Gaussian clusters (default 50)")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    s = p.add_argument_group("what to run")
+    s.add_argument("--libs", type=_choice_list("--libs", LIBRARIES), metavar="LIST",
+                   default=LIBRARIES, help=f"default {','.join(LIBRARIES)}")
+    s.add_argument("--indexes", type=_choice_list("--indexes", INDEXES), metavar="LIST",
+                   default=INDEXES, help=f"IVF indexes (default {','.join(INDEXES)}); "
+                                         f"hnswlib always builds HNSW")
+    s.add_argument("--nlist", type=_positive_int("--nlist"), default=None,
+                   help="inverted lists (default round(4 * sqrt(n)))")
+    s.add_argument("--nprobe", type=_int_list("--nprobe"), default=None, metavar="LIST",
+                   help="nprobe sweep (default 1,2,4,...,256 up to nlist; 1,4,16 with "
+                        "--quick)")
+    s.add_argument("--k-factor", type=_int_list("--k-factor"), default=None, metavar="LIST",
+                   help="re-rank factor sweep for ivfpq4-refine (default 2,4,8; 4 with "
+                        "--quick)")
+    s.add_argument("--ef", type=_int_list("--ef"), default=None, metavar="LIST",
+                   help="hnswlib ef sweep (default 16,...,512; 32,128 with --quick; "
+                        "values below k are raised to k)")
+    s.add_argument("--pq-m", type=_positive_int("--pq-m"), default=None,
+                   help="PQ sub-quantizers, must divide d (default: largest divisor "
+                        "of d up to min(d/2, 64))")
+    s.add_argument("--mode", choices=["batch", "single", "both"], default="batch",
+                   help="batch: all queries per call; single: one query per call in a "
+                        "Python loop (latency); both (default batch)")
+    s.add_argument("--single-queries", type=_positive_int("--single-queries"),
+                   default=None, help="queries timed in single mode (default 1000; 100 "
+                                      "with --quick)")
+    s.add_argument("--threads", type=_positive_int("--threads"), default=None,
+                   help="threads for every library (default: usable cores)")
+    s.add_argument("--repeats", type=_positive_int("--repeats"), default=None,
+                   help="timed repeats per point, median reported (default 3)")
+    s.add_argument("--quick", action="store_true",
+                   help="small sweep for a first look (minutes, not hours)")
+    s.add_argument("--strict", action="store_true",
+                   help="stop on the first failing library instead of skipping it")
+
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="bench-results",
+                   help="output folder for results.json, results.md, recall_qps.png "
+                        "(default bench-results)")
+    o.add_argument("--no-plot", dest="plot", action="store_false",
+                   help="do not draw recall_qps.png")
+    bar = o.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="progress bars even when stderr is not a terminal")
+    bar.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bars")
+    o.add_argument("--quiet", "-q", action="store_true",
+                   help="no progress bars and no log lines on stderr")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, command: str = "") -> BenchConfig:
+    """Turn parsed arguments into a :class:`BenchConfig`."""
+    modes = ("batch", "single") if args.mode == "both" else (args.mode,)
+    return BenchConfig(
+        dataset=args.dataset, metric=args.metric, k=args.k, libs=tuple(args.libs),
+        indexes=tuple(args.indexes), nlist=args.nlist, nprobe=args.nprobe,
+        k_factor=args.k_factor, ef=args.ef, pq_m=args.pq_m, modes=modes,
+        threads=args.threads, max_queries=args.max_queries,
+        single_queries=args.single_queries, repeats=args.repeats, quick=args.quick,
+        out=args.out, seed=args.seed, synthetic_n=args.synthetic_n,
+        synthetic_nq=args.synthetic_nq, synthetic_d=args.synthetic_d,
+        synthetic_clusters=args.synthetic_clusters, progress=args.progress,
+        quiet=args.quiet, strict=args.strict, plot=args.plot, command=command)
+
+
+def main(argv=None) -> int:
+    """Run ``numba-ivf bench`` with ``argv`` (the arguments after ``bench``).
+
+    Returns 0 on success, 1 when the run cannot start (bad dataset path, bad
+    option combination) and 130 when interrupted (partial results are kept);
+    argparse exits with status 2 on malformed options.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    command = "numba-ivf bench " + " ".join(shlex.quote(a) for a in argv)
+    cfg = config_from_args(args, command.strip())
+    try:
+        results = run_benchmark(cfg)
+    except (ValueError, ImportError, OSError) as exc:
+        if cfg.strict:
+            raise
+        print(f"numba-ivf bench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"numba-ivf bench: interrupted; the points measured so far are in "
+              f"{cfg.out}", file=sys.stderr)
+        return 130
+    if not cfg.quiet:
+        outs = ", ".join(results["outputs"].values())
+        print(f"wrote {outs} to {cfg.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
