@@ -16,10 +16,17 @@ of arrays.
   uint8 codes for IVF-PQ); all are moved together.
 * Arrays may start read-only (memory-mapped from a file): the first mutation copies them
   to memory.
+* Blocked nibble payloads (4-bit PQ fast-scan, ``("nibbles", m)``) are stored in the
+  ``fastscan`` packed layout, shape (capacity / 32, ceil(m/2), 32): row r is vector
+  ``r % 32`` of block ``r // 32``. With one of them the lists are built with ``align=32``:
+  every start and capacity is a multiple of 32, so each list owns whole blocks; moving a
+  list copies whole blocks, an append packs codes at the list's tail, and swap-with-last
+  moves one vector's bytes (one per pair of sub-quantizers) between lanes.
 
 The id map is an open-addressing hash table (linear probing, tombstones) held in three
 int64 arrays, built lazily the first time it is needed (a search-only loaded index never
-builds it).
+builds it, and ``add`` only maintains a map that exists: adding with default ids never
+builds one, which keeps compressed indexes at their codes' size).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import IVF_GROWTH, IVF_LIST_MIN_CAPACITY
+from .._config import FASTSCAN_BLOCK, IVF_GROWTH, IVF_LIST_MIN_CAPACITY
 
 __all__ = ["InvertedLists"]
 
@@ -172,6 +179,43 @@ def _append_slots(labels, starts, sizes, slots, offs):
         sizes[lst] = off + 1
 
 
+@njit(cache=True)
+def _lane_byte(r):
+    """Byte of row r's vector inside its block (fastscan layout: 0..15 even, 16..31 odd)."""
+    k = r & 31
+    return 2 * k if k < 16 else 2 * (k - 16) + 1
+
+
+@njit(cache=True, parallel=True)
+def _scatter_nibbles(packed, slots, codes):
+    """Pack code row j into the lane of arena row slots[j] (whole bytes: both nibbles
+    of a byte belong to the same vector, so rows never share a byte)."""
+    m = codes.shape[1]
+    for j in prange(slots.shape[0]):
+        r = slots[j]
+        b = r >> 5
+        p = _lane_byte(r)
+        for t in range(packed.shape[1]):
+            lo = codes[j, 2 * t] & 15
+            hi = codes[j, 2 * t + 1] & 15 if 2 * t + 1 < m else 0
+            packed[b, t, p] = np.uint8(lo | (hi << 4))
+
+
+@njit(cache=True)
+def _apply_nibble_moves(packed, move_dst, move_src, n_moves):
+    for mv in range(n_moves):
+        bd = move_dst[mv] >> 5
+        pd = _lane_byte(move_dst[mv])
+        bs = move_src[mv] >> 5
+        ps = _lane_byte(move_src[mv])
+        for t in range(packed.shape[1]):
+            packed[bd, t, pd] = packed[bs, t, ps]
+
+
+def _round_up(x, align: int):
+    return -(-x // align) * align
+
+
 def _as_rows(arr):
     """View a 1-D or 2-D array as (rows, width) without copying."""
     return arr.reshape(arr.shape[0], -1)
@@ -184,18 +228,27 @@ class InvertedLists:
     ----------
     nlist : int
         Number of lists.
-    payload : dict of name -> (width, dtype)
-        One arena of shape (capacity, width) per entry (e.g. ``{"data": (d, float32)}``).
+    payload : dict of name -> (width, dtype) or ("nibbles", m)
+        One arena of shape (capacity, width) per entry (e.g. ``{"data": (d, float32)}``),
+        or a blocked 4-bit code arena of shape (capacity / 32, ceil(m/2), 32) uint8.
+    align : int, default 1
+        List starts and capacities are multiples of ``align`` (32 with nibble payloads).
     """
 
-    def __init__(self, nlist: int, payload: dict):
+    def __init__(self, nlist: int, payload: dict, align: int = 1):
         self.nlist = int(nlist)
+        self._spec = dict(payload)
+        self._nibbles = {name: int(dt) for name, (w, dt) in payload.items()
+                         if isinstance(w, str)}
+        self.align = int(align)
+        if self._nibbles and self.align % FASTSCAN_BLOCK:
+            raise ValueError(f"nibble payloads need align to be a multiple of "
+                             f"{FASTSCAN_BLOCK}; got align={align}.")
         self.starts = np.zeros(self.nlist, dtype=np.int64)
         self.caps = np.zeros(self.nlist, dtype=np.int64)
         self.sizes = np.zeros(self.nlist, dtype=np.int64)
         self.ids = np.empty(0, dtype=np.int64)
-        self.payload = {name: np.empty((0, int(width)), dtype=np.dtype(dtype))
-                        for name, (width, dtype) in payload.items()}
+        self.payload = {name: self._alloc(name, 0) for name in payload}
         self.used = 0  # rows of the arena handed out to lists (live, spare or holes)
         self.ntotal = 0
         self._keys = None  # id map, built on demand
@@ -206,16 +259,24 @@ class InvertedLists:
 
     # -- construction from stored arrays ---------------------------------------------
     @classmethod
-    def from_arrays(cls, starts, sizes, ids, payload: dict) -> "InvertedLists":
+    def from_arrays(cls, starts, sizes, ids, payload: dict, *, align: int = 1,
+                    nibbles: dict | None = None) -> "InvertedLists":
         """Wrap stored (possibly read-only, memory-mapped) arrays without copying.
 
-        Lists are taken to be full (capacity = size), so a list's first append moves it.
+        Lists are taken to be full (capacity = size rounded up to ``align``), so a
+        list's first append beyond that moves it. ``nibbles`` names the blocked
+        payloads (name -> m).
         """
         self = cls.__new__(cls)
         self.nlist = int(starts.shape[0])
+        self.align = int(align)
+        self._nibbles = dict(nibbles or {})
+        self._spec = {name: (("nibbles", self._nibbles[name]) if name in self._nibbles
+                             else (arr.shape[1], arr.dtype))
+                      for name, arr in payload.items()}
         self.starts = np.array(starts, dtype=np.int64)
         self.sizes = np.array(sizes, dtype=np.int64)
-        self.caps = self.sizes.copy()
+        self.caps = _round_up(self.sizes, self.align)
         self.ids = ids
         self.payload = dict(payload)
         self.used = int(ids.shape[0])
@@ -227,18 +288,91 @@ class InvertedLists:
         self._map_fill = 0
         return self
 
+    def adopt_arrays(self, starts, sizes, ids, arrays: dict) -> "InvertedLists":
+        """Lists over stored arrays laid out like ``compact_arrays`` output, checked
+        against this object's payload spec and alignment; raises ValueError naming the
+        first inconsistency. Arrays are wrapped, not copied."""
+        n = ids.shape[0]
+        if (sizes < 0).any() or (starts < 0).any():
+            raise ValueError("list_starts/list_sizes hold negative values")
+        if (starts % self.align).any():
+            raise ValueError(f"list_starts are not multiples of {self.align}")
+        caps = _round_up(sizes, self.align)
+        order = np.argsort(starts, kind="stable")
+        ends = starts[order] + caps[order]
+        if (ends > n).any() or (ends[:-1] > starts[order][1:]).any():
+            raise ValueError("list_starts/list_sizes do not tile the stored rows")
+        payload = {}
+        for name, (w, dt) in self._spec.items():
+            if name not in arrays:
+                raise ValueError(f"array {name!r} is missing")
+            arr = arrays[name]
+            if name in self._nibbles:
+                shape, dtype = ((n // FASTSCAN_BLOCK, (self._nibbles[name] + 1) // 2,
+                                 FASTSCAN_BLOCK), np.dtype(np.uint8))
+            else:
+                shape, dtype = (n, int(w)), np.dtype(dt)
+            if n % self.align or arr.shape != shape or arr.dtype != dtype:
+                raise ValueError(f"array {name!r} has dtype {arr.dtype} and shape "
+                                 f"{arr.shape}, expected {dtype} and {shape}")
+            payload[name] = arr
+        return type(self).from_arrays(starts, sizes, ids, payload, align=self.align,
+                                      nibbles=self._nibbles)
+
     def compact_arrays(self):
-        """Live rows only, list after list: (starts, sizes, ids, payload dict)."""
+        """Live rows only, list after list (runs padded to ``align``):
+        (starts, sizes, ids, payload dict). Padding ids are -1."""
+        caps = _round_up(self.sizes, self.align)
         new_starts = np.zeros(self.nlist, dtype=np.int64)
-        np.cumsum(self.sizes[:-1], out=new_starts[1:])
-        ids = np.empty(self.ntotal, dtype=np.int64)
+        np.cumsum(caps[:-1], out=new_starts[1:])
+        total = int(caps.sum())
+        ids = np.full(total, -1, dtype=np.int64)
         _copy_runs(_as_rows(self.ids), _as_rows(ids), self.starts, new_starts, self.sizes)
         payload = {}
         for name, arr in self.payload.items():
-            out = np.empty((self.ntotal, arr.shape[1]), dtype=arr.dtype)
-            _copy_runs(arr, out, self.starts, new_starts, self.sizes)
+            out = self._alloc(name, total)
+            self._copy_payload(name, arr, out, self.starts, new_starts, self.sizes)
             payload[name] = out
         return new_starts, self.sizes.copy(), ids, payload
+
+    # -- payload kinds -----------------------------------------------------------------
+    def _alloc(self, name: str, rows: int) -> np.ndarray:
+        """A zeroed arena of ``rows`` rows for payload ``name``."""
+        if name in self._nibbles:
+            return np.zeros((rows // FASTSCAN_BLOCK, (self._nibbles[name] + 1) // 2,
+                             FASTSCAN_BLOCK), dtype=np.uint8)
+        width, dtype = self._spec[name]
+        return np.zeros((rows, int(width)), dtype=np.dtype(dtype))
+
+    def _copy_payload(self, name, src, dst, src_starts, dst_starts, lengths):
+        """Copy runs of rows; a nibble payload copies the whole blocks of each run."""
+        if name in self._nibbles:
+            _copy_runs(src, dst, src_starts // FASTSCAN_BLOCK, dst_starts // FASTSCAN_BLOCK,
+                       -(-lengths // FASTSCAN_BLOCK))
+        else:
+            _copy_runs(src, dst, src_starts, dst_starts, lengths)
+
+    def codes_of_row(self, name: str, row: int, m: int) -> np.ndarray:
+        """Payload ``name`` of one arena row, (width,) (nibble payloads: (m,) uint8)."""
+        arr = self.payload[name]
+        if name not in self._nibbles:
+            return np.array(arr[row])
+        byte = arr[row // FASTSCAN_BLOCK, :, int(_lane_byte(row))]
+        out = np.empty(2 * byte.shape[0], dtype=np.uint8)
+        out[0::2] = byte & 15
+        out[1::2] = byte >> 4
+        return out[:m]
+
+    def list_of_row(self, row: int) -> int:
+        """The list whose live rows contain arena row ``row`` (-1 if none)."""
+        hit = np.flatnonzero((self.starts <= row) & (row < self.starts + self.sizes))
+        return int(hit[0]) if hit.size else -1
+
+    def map_nbytes(self) -> int:
+        """Bytes held by the id map (0 until it is first needed)."""
+        if self._keys is None:
+            return 0
+        return self._keys.nbytes + self._vlist.nbytes + self._voff.nbytes
 
     # -- mutation helpers --------------------------------------------------------------
     def _ensure_writable(self):
@@ -253,12 +387,14 @@ class InvertedLists:
         if rows <= cap:
             return
         new_cap = max(rows, int(np.ceil(cap * IVF_GROWTH)), IVF_LIST_MIN_CAPACITY)
+        new_cap = _round_up(new_cap, self.align)
         ids = np.empty(new_cap, dtype=np.int64)
         ids[:self.used] = self.ids[:self.used]
         self.ids = ids
         for name, arr in self.payload.items():
-            grown = np.zeros((new_cap, arr.shape[1]), dtype=arr.dtype)
-            grown[:self.used] = arr[:self.used]
+            grown = self._alloc(name, new_cap)
+            used = self.used // FASTSCAN_BLOCK if name in self._nibbles else self.used
+            grown[:used] = arr[:used]
             self.payload[name] = grown
 
     def _relocate(self, lists: np.ndarray, new_caps: np.ndarray):
@@ -268,8 +404,8 @@ class InvertedLists:
         old_starts = self.starts[lists]
         lengths = self.sizes[lists]
         _copy_runs(_as_rows(self.ids), _as_rows(self.ids), old_starts, new_starts, lengths)
-        for arr in self.payload.values():
-            _copy_runs(arr, arr, old_starts, new_starts, lengths)
+        for name, arr in self.payload.items():
+            self._copy_payload(name, arr, arr, old_starts, new_starts, lengths)
         self.starts[lists] = new_starts
         self.caps[lists] = new_caps
         self.used += int(new_caps.sum())
@@ -285,8 +421,8 @@ class InvertedLists:
         _copy_runs(_as_rows(self.ids), _as_rows(ids), self.starts, new_starts, self.sizes)
         self.ids = ids
         for name, arr in self.payload.items():
-            out = np.zeros((cap, arr.shape[1]), dtype=arr.dtype)
-            _copy_runs(arr, out, self.starts, new_starts, self.sizes)
+            out = self._alloc(name, cap)
+            self._copy_payload(name, arr, out, self.starts, new_starts, self.sizes)
             self.payload[name] = out
         self.starts = new_starts
         self.used = cap
@@ -335,14 +471,16 @@ class InvertedLists:
         if n == 0:
             return
         self._ensure_writable()
-        self._map_ready(n)
+        keep_map = self._keys is not None  # an absent map is rebuilt from the lists
+        if keep_map:
+            self._map_ready(n)
         counts = np.bincount(labels, minlength=self.nlist)
         need = self.sizes + counts
         grow = np.flatnonzero(need > self.caps)
         if grow.size:
             new_caps = np.maximum(need[grow],
                                   np.ceil(self.caps[grow] * IVF_GROWTH).astype(np.int64))
-            new_caps = np.maximum(new_caps, IVF_LIST_MIN_CAPACITY)
+            new_caps = _round_up(np.maximum(new_caps, IVF_LIST_MIN_CAPACITY), self.align)
             self._relocate(grow, new_caps)
             self._compact_if_wasteful()
         slots = np.empty(n, dtype=np.int64)
@@ -350,10 +488,15 @@ class InvertedLists:
         _append_slots(labels, self.starts, self.sizes, slots, offs)
         _scatter_rows(self.ids, slots, ids)
         for name, arr in self.payload.items():
-            _scatter_rows(arr, slots, rows[name].reshape(n, arr.shape[1]))
-        self._map_fill -= _map_insert_many(self._keys, self._vlist, self._voff,
-                                           self._shift, ids, labels, offs)
-        self._map_fill += n
+            if name in self._nibbles:
+                _scatter_nibbles(arr, slots, np.ascontiguousarray(rows[name],
+                                                                  dtype=np.uint8))
+            else:
+                _scatter_rows(arr, slots, rows[name].reshape(n, arr.shape[1]))
+        if keep_map:
+            self._map_fill -= _map_insert_many(self._keys, self._vlist, self._voff,
+                                               self._shift, ids, labels, offs)
+            self._map_fill += n
         self.ntotal += n
 
     def remove(self, ids: np.ndarray) -> int:
@@ -367,7 +510,10 @@ class InvertedLists:
         n_removed, n_moves = _remove_many(self._keys, self._vlist, self._voff,
                                           self._shift, self.ids, self.starts, self.sizes,
                                           ids, move_dst, move_src)
-        for arr in self.payload.values():
-            _apply_moves(arr, move_dst, move_src, n_moves)
+        for name, arr in self.payload.items():
+            if name in self._nibbles:
+                _apply_nibble_moves(arr, move_dst, move_src, n_moves)
+            else:
+                _apply_moves(arr, move_dst, move_src, n_moves)
         self.ntotal -= int(n_removed)
         return int(n_removed)

@@ -1,0 +1,349 @@
+"""What every IVF index shares: coarse quantizer, ids, validation, results, persistence.
+
+``IVFBase`` holds the parameters, the coarse centroids and the inverted lists, and
+implements ``train`` (coarse k-means, then the subclass's own training), ``add`` (id
+checks, cosine normalisation, assignment, then the subclass's row encoding), ``remove``,
+``reconstruct``, the search preamble and result conventions, and ``save`` / load. A
+subclass supplies the list payload and the hooks named ``_new_lists``, ``_train_rest``,
+``_encode_rows``, ``_reconstruct_row``, ``search`` and the ``_save_*`` / ``_load_*``
+pair. Orchestration only: no loops over vectors here.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+
+from .._validation import check_int, check_metric, check_vectors
+from ..kernels.topk import ID_SENTINEL
+from ._lists import InvertedLists
+
+__all__ = ["IVFBase", "check_ids", "normalize_rows"]
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero); always a new array."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    norms[norms == 0] = 1.0
+    return (x / norms[:, None]).astype(np.float32)
+
+
+def check_ids(ids, n: int, name: str = "ids") -> np.ndarray:
+    """Return ``ids`` as a C-contiguous int64 array of shape (n,), all >= 0 and unique."""
+    arr = np.asarray(ids)
+    if arr.size == 0 and n == 0:
+        return np.empty(0, dtype=np.int64)  # [] is float64 to numpy; no ids is fine
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers (int64); got dtype {arr.dtype}.")
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), one id per row of x; got "
+                         f"shape {arr.shape}.")
+    if arr.dtype.kind == "u" and n and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64; got {arr.max()}.")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if n and arr.min() < 0:
+        bad = int(np.flatnonzero(arr < 0)[0])
+        raise ValueError(f"{name} must be >= 0; got {arr[bad]} at position {bad}.")
+    if n > 1:
+        s = np.sort(arr)
+        dup = np.flatnonzero(s[1:] == s[:-1])
+        if dup.size:
+            raise ValueError(f"{name} must be unique; {s[dup[0]]} appears more than "
+                             f"once.")
+    return arr
+
+
+def _n_threads() -> int:
+    return int(numba.get_num_threads())
+
+
+class IVFBase:
+    """Shared state and behaviour of the IVF indexes (see the module docstring)."""
+
+    kind = "IVF"
+
+    def __init__(self, d: int, nlist: int, metric: str = "l2", *, n_iter: int = 25,
+                 seed: int = 1234, max_points_per_centroid: int = 256):
+        self._d = check_int("d", d, min_value=1)
+        self._nlist = check_int("nlist", nlist, min_value=1)
+        self._metric = check_metric(metric)
+        self.n_iter = check_int("n_iter", n_iter, min_value=0)
+        self.seed = check_int("seed", seed)
+        self.max_points_per_centroid = check_int("max_points_per_centroid",
+                                                 max_points_per_centroid, min_value=1)
+        self._centroids = None
+        self._prepared = None
+        self._next_id = 0
+
+    # -- hooks -------------------------------------------------------------------------
+    def _new_lists(self) -> InvertedLists:
+        raise NotImplementedError
+
+    def _train_rest(self, x, centroids, prepared) -> dict:
+        """Train what follows the coarse quantizer; return attributes to set."""
+        return {}
+
+    def _encode_rows(self, x, labels) -> dict:
+        raise NotImplementedError
+
+    def _reconstruct_row(self, row: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _save_params(self) -> dict:
+        return {}
+
+    def _save_arrays(self) -> dict:
+        return {}
+
+    def _load_arrays(self, arrays, bad) -> None:
+        pass
+
+    # -- read-only properties ----------------------------------------------------------
+    @property
+    def d(self) -> int:
+        return self._d
+
+    @property
+    def nlist(self) -> int:
+        return self._nlist
+
+    @property
+    def metric(self) -> str:
+        return self._metric
+
+    @property
+    def is_trained(self) -> bool:
+        return self._centroids is not None
+
+    @property
+    def centroids(self) -> np.ndarray:
+        """Coarse centroids, ndarray of shape (nlist, d), float32 (a read-only view)."""
+        self._check_trained("centroids")
+        view = self._centroids.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def list_sizes(self) -> np.ndarray:
+        """Number of vectors in each list, ndarray of shape (nlist,), int64."""
+        return self._lists.sizes.copy()
+
+    def __len__(self) -> int:
+        return self._lists.ntotal
+
+    @property
+    def ntotal(self) -> int:
+        return self._lists.ntotal
+
+    # -- helpers -----------------------------------------------------------------------
+    def _owner(self) -> str:
+        return f"{self.kind}(d={self._d})"
+
+    def _check_trained(self, what: str):
+        if not self.is_trained:
+            raise RuntimeError(f"{self.kind}.{what}: the index is not trained; call "
+                               f"train(x) first.")
+
+    def _set_centroids(self, centroids: np.ndarray):
+        from ..kernels.assign import prepare_centroids
+        self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self._prepared = prepare_centroids(self._centroids, self._metric == "l2")
+
+    def _coarse(self, x: np.ndarray, p: int):
+        """The p best lists of each (prepared) row, best first: (scores, lists)."""
+        from ..kernels.assign import assign_prepared, topk_prepared
+        if p == 1:
+            labels, scores = assign_prepared(x, self._prepared)
+            return scores[:, None], labels[:, None]
+        return topk_prepared(x, self._prepared, p)
+
+    # -- training and adding ---------------------------------------------------------
+    def train(self, x) -> None:
+        """Learn the ``nlist`` coarse centroids (k-means), then what the index encodes.
+
+        Parameters
+        ----------
+        x : array-like of shape (n, d)
+            Training vectors, n >= nlist; float32 or float64, any memory order.
+            "ip" and "cosine" use spherical k-means (unit-norm centroids).
+
+        Nothing is changed if any check fails.
+        """
+        from ..kernels.assign import prepare_centroids
+        from ..kmeans import KMeans
+        x = check_vectors(x, "x", d=self._d, owner=self._owner())
+        if x.shape[0] < self._nlist:
+            raise ValueError(f"x has {x.shape[0]} rows, but training {self.kind}(nlist="
+                             f"{self._nlist}) needs at least nlist rows.")
+        if len(self):
+            raise RuntimeError(f"{self.kind}.train: the index already holds {len(self)} "
+                               f"vectors; build a new index to retrain.")
+        if self._metric == "cosine":
+            x = normalize_rows(x)
+        km = KMeans(self._nlist, n_iter=self.n_iter, seed=self.seed,
+                    max_points_per_centroid=self.max_points_per_centroid,
+                    metric=self._metric, spherical=self._metric != "l2")
+        km.fit(x)
+        centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
+        rest = self._train_rest(x, centroids,
+                                prepare_centroids(centroids, self._metric == "l2"))
+        self._set_centroids(centroids)
+        for name, value in rest.items():
+            setattr(self, name, value)
+
+    def add(self, x, ids=None) -> None:
+        """Add vectors to their nearest lists.
+
+        Parameters
+        ----------
+        x : array-like of shape (n, d)
+        ids : array-like of shape (n,), int64, optional
+            Non-negative, unique and not already in the index. Default: consecutive
+            ids after the largest id ever added (0, 1, 2, ... for a fresh index).
+
+        Nothing is changed if any check fails.
+        """
+        self._check_trained("add")
+        x = check_vectors(x, "x", d=self._d, owner=self._owner())
+        n = x.shape[0]
+        if ids is None:
+            ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        else:
+            ids = check_ids(ids, n)
+            present = self._lists.contains(ids) if len(self) else np.zeros(n, bool)
+            if present.any():
+                bad = int(np.flatnonzero(present)[0])
+                raise ValueError(f"ids must not already be in the index; id {ids[bad]} "
+                                 f"(position {bad}) is. remove() it first.")
+        if n == 0:
+            return
+        if self._metric == "cosine":
+            x = normalize_rows(x)
+        _, labels = self._coarse(x, 1)
+        labels = np.ascontiguousarray(labels[:, 0])
+        self._lists.add(labels, ids, self._encode_rows(x, labels))
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+
+    def remove(self, ids) -> int:
+        """Remove vectors by id; ids not in the index are ignored.
+
+        Parameters
+        ----------
+        ids : int or array-like of int
+
+        Returns
+        -------
+        int
+            How many vectors were removed.
+        """
+        arr = np.atleast_1d(np.asarray(ids))
+        if arr.size == 0:
+            return 0
+        if arr.dtype.kind not in "iu" or arr.ndim != 1:
+            raise TypeError(f"ids must be an integer or a 1-D array of integers; got "
+                            f"dtype {arr.dtype} and shape {arr.shape}.")
+        if arr.dtype.kind == "u":
+            arr = arr[arr <= np.iinfo(np.int64).max]
+        arr = np.ascontiguousarray(arr, dtype=np.int64)
+        arr = arr[arr >= 0]
+        return self._lists.remove(arr)
+
+    def reconstruct(self, id: int) -> np.ndarray:
+        """The stored vector of ``id`` (or its decoded approximation), shape (d,) float32.
+
+        For "cosine" this is (the approximation of) the normalised vector, as stored.
+        """
+        id = check_int("id", id)
+        row = self._lists.row_of(id) if id >= 0 else -1
+        if row < 0:
+            raise KeyError(f"id {id} is not in the index.")
+        return self._reconstruct_row(row)
+
+    # -- search helpers ----------------------------------------------------------------
+    def _check_search(self, q, k, nprobe):
+        q = check_vectors(q, "q", d=self._d, owner=self._owner(), allow_1d=True)
+        k = check_int("k", k, min_value=1)
+        nprobe = min(check_int("nprobe", nprobe, min_value=1), self._nlist)
+        if self._metric == "cosine":
+            q = normalize_rows(q)
+        return q, k, nprobe
+
+    def _finish(self, keys: np.ndarray, ids: np.ndarray):
+        """Minimised keys + sentinel ids -> FAISS-convention (D, I), in place."""
+        missing = ids == ID_SENTINEL
+        ids[missing] = -1
+        if self._metric == "l2":
+            keys[missing] = np.inf
+        else:
+            np.negative(keys, out=keys)
+            keys[missing] = -np.inf
+        return keys, ids
+
+    # -- persistence -------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the index to ``path`` atomically (numba_ivf index file, no pickle).
+
+        Read it back with :func:`numba_ivf.load`.
+        """
+        from ..persistence.format import write_index_file
+        params = {"d": self._d, "nlist": self._nlist, "metric": self._metric,
+                  "n_iter": self.n_iter, "seed": self.seed,
+                  "max_points_per_centroid": self.max_points_per_centroid,
+                  "next_id": self._next_id, "ntotal": len(self),
+                  "trained": self.is_trained}
+        params.update(self._save_params())
+        arrays = {}
+        if self.is_trained:
+            starts, sizes, ids, payload = self._lists.compact_arrays()
+            arrays = {"centroids": self._centroids, "list_starts": starts,
+                      "list_sizes": sizes, "ids": ids}
+            arrays.update(payload)
+            arrays.update(self._save_arrays())
+        write_index_file(os.fspath(path), self.kind, params, arrays)
+
+    @classmethod
+    def _new_from_params(cls, p):
+        return cls(p["d"], p["nlist"], p["metric"], n_iter=p["n_iter"], seed=p["seed"],
+                   max_points_per_centroid=p["max_points_per_centroid"])
+
+    @classmethod
+    def _from_file(cls, f):
+        from ..persistence.format import IndexFileError
+
+        def bad(problem):
+            return IndexFileError(f"'{f.path}': inconsistent {cls.kind} file: {problem}")
+
+        p = f.params
+        try:
+            index = cls._new_from_params(p)
+            next_id = check_int("next_id", p["next_id"], min_value=0)
+            trained = bool(p["trained"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"bad or missing parameter ({exc})") from None
+        if not trained:
+            return index
+        a = f.arrays
+        d, nlist = index.d, index.nlist
+        expect = {"centroids": ((nlist, d), np.float32),
+                  "list_starts": ((nlist,), np.int64), "list_sizes": ((nlist,), np.int64),
+                  "ids": (None, np.int64)}
+        for name, (shape, dtype) in expect.items():
+            if name not in a:
+                raise bad(f"array {name!r} is missing")
+            arr = a[name]
+            if arr.dtype != dtype or (shape is not None and arr.shape != shape):
+                raise bad(f"array {name!r} has dtype {arr.dtype} and shape {arr.shape}, "
+                          f"expected {np.dtype(dtype)} and {shape or '(n, ...)'}")
+        if not np.isfinite(a["centroids"]).all():
+            raise bad("centroids contain NaN or infinity")
+        index._load_arrays(a, bad)
+        try:
+            index._lists = index._lists.adopt_arrays(a["list_starts"], a["list_sizes"],
+                                                     a["ids"], a)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        index._set_centroids(np.array(a["centroids"]))
+        index._next_id = next_id
+        return index

@@ -1,0 +1,329 @@
+"""IVF-PQ: a coarse quantizer over inverted lists of product-quantized codes.
+
+Orchestration only. The shared IVF machinery (coarse k-means and assignment, ids,
+validation, result conventions, remove, save/load) lives in ``base.IVFBase``; list
+storage in ``_lists`` (8-bit codes as rows, 4-bit codes as a blocked nibble payload);
+the scans in ``numba_ivf.kernels.pq_scan`` (8-bit, float tables) and
+``numba_ivf.kernels.fastscan_search`` (4-bit, quantized tables, SIMD); exact re-ranking in
+``numba_ivf.kernels.refine``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._config import (PQ_FASTSCAN_ALIGN, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
+                       PQ_SINGLE_MIN_ROWS, PQ_TRAIN_MAX_POINTS_PER_CENTROID)
+from .._validation import check_choice, check_int
+from ..kernels.topk import ID_SENTINEL
+from ..pq import ProductQuantizer, check_pq_shape
+from ._lists import InvertedLists
+from ._load import register_kind
+from .base import IVFBase, _n_threads
+
+__all__ = ["IVFPQ", "PQ_SEARCH_PATHS"]
+
+PQ_SEARCH_PATHS = ("auto", "batch", "single", "serial")
+
+
+def _check_bool(name, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False; got {value!r} of type "
+                        f"{type(value).__name__}.")
+    return bool(value)
+
+
+class IVFPQ(IVFBase):
+    """Inverted-file index over product-quantized codes, like faiss.IndexIVFPQ.
+
+    Parameters
+    ----------
+    d : int
+        Vector dimension; must be divisible by ``m``.
+    nlist : int
+        Number of inverted lists (coarse centroids).
+    m : int
+        Sub-quantizers per vector: ``m`` bytes per code at 8 bits, ``m / 2`` at 4 bits.
+    nbits : {8, 4}, default 8
+        8: float32 lookup tables (asymmetric distance computation, faiss.IndexIVFPQ).
+        4: "fast-scan", tables quantized to uint8 and summed with SIMD byte shuffles
+        over blocks of 32 codes (faiss.IndexIVFPQFastScan).
+    metric : {"l2", "ip", "cosine"}, default "l2"
+        As in :class:`numba_ivf.IVFFlat` ("cosine" normalises vectors and queries).
+    by_residual : bool, default True
+        Encode ``x - centroid`` (more accurate) instead of ``x``.
+    refine : bool, default False
+        Also keep the float32 vectors and re-rank ``k_factor * k`` PQ candidates exactly
+        (faiss.IndexRefineFlat): the returned distances are then exact.
+    n_iter, seed, max_points_per_centroid
+        Coarse k-means parameters, as in :class:`numba_ivf.IVFFlat`; the PQ codebooks use
+        ``n_iter`` and ``seed`` too.
+
+    Examples
+    --------
+    >>> import numpy as np, numba_ivf
+    >>> x = np.random.default_rng(0).standard_normal((4000, 16)).astype(np.float32)
+    >>> index = numba_ivf.IVFPQ(16, nlist=8, m=8, nbits=4, refine=True)
+    >>> index.train(x)
+    >>> index.add(x)
+    >>> D, I = index.search(x[:3], k=5, nprobe=8, k_factor=8)
+    >>> I[:, 0].tolist()
+    [0, 1, 2]
+    """
+
+    kind = "IVFPQ"
+
+    def __init__(self, d: int, nlist: int, m: int, nbits: int = 8, metric: str = "l2",
+                 by_residual: bool = True, refine: bool = False, *, n_iter: int = 25,
+                 seed: int = 1234, max_points_per_centroid: int = 256):
+        d, m, nbits = check_pq_shape(d, m, nbits, owner="IVFPQ")
+        super().__init__(d, nlist, metric, n_iter=n_iter, seed=seed,
+                         max_points_per_centroid=max_points_per_centroid)
+        self._m = m
+        self._nbits = nbits
+        self._by_residual = _check_bool("by_residual", by_residual)
+        self._refine = _check_bool("refine", refine)
+        self._pq = ProductQuantizer(d, m, nbits)
+        self._term = None
+        self._lists = self._new_lists()
+
+    def _new_lists(self) -> InvertedLists:
+        if self._nbits == 4:
+            payload = {"codes": ("nibbles", self._m)}
+            align = PQ_FASTSCAN_ALIGN
+        else:
+            payload = {"codes": (self._m, np.uint8)}
+            align = 1
+        if self._refine:
+            payload["data"] = (self._d, np.float32)
+        return InvertedLists(self._nlist, payload, align=align)
+
+    # -- read-only properties ----------------------------------------------------------
+    @property
+    def m(self) -> int:
+        return self._m
+
+    @property
+    def nbits(self) -> int:
+        return self._nbits
+
+    @property
+    def by_residual(self) -> bool:
+        return self._by_residual
+
+    @property
+    def refine(self) -> bool:
+        return self._refine
+
+    @property
+    def is_trained(self) -> bool:
+        return self._centroids is not None and self._pq.is_trained
+
+    @property
+    def pq(self) -> ProductQuantizer:
+        """The product quantizer (trained by :meth:`train`)."""
+        return self._pq
+
+    def __repr__(self) -> str:
+        return (f"IVFPQ(d={self._d}, nlist={self._nlist}, m={self._m}, "
+                f"nbits={self._nbits}, metric={self._metric!r}, by_residual="
+                f"{self._by_residual}, refine={self._refine}, ntotal={len(self)}, "
+                f"trained={self.is_trained})")
+
+    def _owner(self) -> str:
+        return f"IVFPQ(d={self._d})"
+
+    @property
+    def memory_bytes(self) -> dict:
+        """Bytes held, by part: lists (ids + codes, slack included), refine vectors,
+        id map, centroids, codebooks, precomputed tables."""
+        L = self._lists
+        out = {"ids": L.ids.nbytes, "codes": L.payload["codes"].nbytes,
+               "refine": L.payload["data"].nbytes if self._refine else 0,
+               "id_map": L.map_nbytes(),
+               "centroids": 0 if self._centroids is None else self._centroids.nbytes,
+               "codebooks": 0 if self._pq.codebooks is None else self._pq.codebooks.nbytes,
+               "term_table": 0 if self._term is None else self._term.nbytes}
+        return out
+
+    # -- training and adding ---------------------------------------------------------
+    def _train_rest(self, x: np.ndarray, centroids: np.ndarray, prepared) -> dict:
+        """Train the PQ on (residuals of) a subsample of x; returns the new state."""
+        from ..kernels.assign import assign_prepared
+        from ..kernels.pq_encode import residuals
+        pq = ProductQuantizer(self._d, self._m, self._nbits)
+        if x.shape[0] < pq.ksub:
+            raise ValueError(f"x has {x.shape[0]} rows, but training {self._owner()} "
+                             f"with nbits={self._nbits} needs at least {pq.ksub} rows "
+                             f"(2**nbits centroids per sub-quantizer).")
+        cap = pq.ksub * PQ_TRAIN_MAX_POINTS_PER_CENTROID
+        if x.shape[0] > cap:
+            rng = np.random.default_rng(self.seed + 1)
+            x = x[np.sort(rng.choice(x.shape[0], size=cap, replace=False))]
+        if self._by_residual:
+            labels, _ = assign_prepared(x, prepared)
+            x = residuals(x, centroids, labels)
+        pq.train(x, n_iter=self.n_iter, seed=self.seed, max_points_per_centroid=None)
+        return {"_pq": pq, "_term": None}
+
+    def _encode_rows(self, x: np.ndarray, labels: np.ndarray) -> dict:
+        from ..kernels.pq_encode import residuals
+        res = residuals(x, self._centroids, labels) if self._by_residual else x
+        rows = {"codes": self._pq._encode(res)}
+        if self._refine:
+            rows["data"] = x
+        return rows
+
+    # -- reconstruct -------------------------------------------------------------------
+    def _reconstruct_row(self, row: int) -> np.ndarray:
+        codes = self._lists.codes_of_row("codes", row, self._m)
+        out = self._pq.decode(codes.reshape(1, -1))[0]
+        if self._by_residual:
+            lst = self._lists.list_of_row(row)
+            out = out + self._centroids[lst]
+        return out.astype(np.float32)
+
+    # -- search ----------------------------------------------------------------------
+    def _term_table(self) -> np.ndarray:
+        """term[l, j, c] = ||r_jc||^2 + 2 c_l,j . r_jc, (nlist, m, ksub) float32."""
+        if self._term is None:
+            cb = self._pq.codebooks.astype(np.float64)
+            m, ksub, dsub = cb.shape
+            cent = self._centroids.astype(np.float64).reshape(self._nlist, m, dsub)
+            term = np.einsum("jct,jct->jc", cb, cb)[None] + \
+                2.0 * np.einsum("ljt,jct->ljc", cent, cb)
+            self._term = np.ascontiguousarray(term, dtype=np.float32)
+        return self._term
+
+    def search(self, q, k: int, nprobe: int = 1, *, k_factor: int | None = None,
+               path: str = "auto", _backend=None):
+        """The k nearest stored vectors of each query, among its nprobe nearest lists.
+
+        Parameters
+        ----------
+        q : array-like of shape (nq, d) or (d,)
+            float32 or float64, any memory order.
+        k : int
+            Results per query (>= 1).
+        nprobe : int, default 1
+            Lists scanned per query; values above nlist are clamped.
+        k_factor : int, optional
+            Only with ``refine=True``: ``k_factor * k`` PQ candidates are re-ranked with
+            the exact vectors (default 4). Larger is slower and more accurate.
+        path : {"auto", "batch", "single", "serial"}, default "auto"
+            "batch": parallel over queries; "single": each query parallel over its
+            probed lists; "serial": one thread (few queries, short lists). All return
+            identical results.
+
+        Returns
+        -------
+        D : ndarray of shape (nq, k), float32
+            "l2": squared distances ascending (inf where missing), "ip"/"cosine": scores
+            descending (-inf where missing); PQ approximations, exact with refine.
+        I : ndarray of shape (nq, k), int64
+            Ids, -1 where fewer than k vectors were found; ties by ascending id.
+        """
+        self._check_trained("search")
+        q, k, nprobe = self._check_search(q, k, nprobe)
+        check_choice("path", path, PQ_SEARCH_PATHS)
+        if k_factor is not None and not self._refine:
+            raise ValueError("k_factor applies only to an index built with refine=True; "
+                             f"got k_factor={k_factor!r} for {self!r}.")
+        if self._refine:
+            k_factor = check_int("k_factor", PQ_REFINE_K_FACTOR if k_factor is None
+                                 else k_factor, min_value=1,
+                                 max_value=PQ_REFINE_K_FACTOR_MAX)
+        from ..kernels import fastscan
+        backend = fastscan.get_backend(_backend)
+        nq = q.shape[0]
+        kk = k * k_factor if self._refine else k
+        keys = np.empty((nq, kk), dtype=np.float32)
+        ids = np.empty((nq, kk), dtype=np.int64)
+        if nq:
+            scores, probes = self._coarse(q, nprobe)
+            probes = np.ascontiguousarray(probes, dtype=np.int64)
+            base, qluts, term, use_term = self._tables(q, scores)
+            if path == "auto":
+                path = self._choose_path(nq, probes)
+            self._scan(path, probes, base, qluts, term, use_term, keys, ids, backend)
+            if self._refine:
+                keys, ids = self._refine_exact(q, keys, ids, k)
+        return self._finish(keys, ids)
+
+    def _tables(self, q, scores):
+        """Per-pair base (nq, nprobe), per-query tables (nq, m, ksub), term table."""
+        from ..kernels.pq_encode import pq_distance_tables
+        l2 = self._metric == "l2"
+        cb = self._pq.codebooks
+        if l2 and self._by_residual:
+            qluts = pq_distance_tables(q, cb, False)
+            qluts *= np.float32(-2.0)
+            return (np.ascontiguousarray(scores, dtype=np.float32), qluts,
+                    self._term_table(), True)
+        qluts = pq_distance_tables(q, cb, l2)
+        if not l2:
+            np.negative(qluts, out=qluts)
+        if self._by_residual:           # ip: key = -(q.c + sum_j q_j.r_j)
+            base = np.ascontiguousarray(-scores, dtype=np.float32)
+        else:
+            base = np.zeros(scores.shape, dtype=np.float32)
+        dummy = np.zeros((1, self._m, self._pq.ksub), dtype=np.float32)
+        return base, qluts, dummy, False
+
+    def _choose_path(self, nq: int, probes: np.ndarray) -> str:
+        if nq >= _n_threads():
+            return "batch"
+        rows = int(self._lists.sizes[probes].sum())
+        # Waking the other threads costs more than scanning a few thousand codes.
+        return "single" if rows >= PQ_SINGLE_MIN_ROWS * _n_threads() else "serial"
+
+    def _scan(self, path, probes, base, qluts, term, use_term, keys, ids, backend):
+        L = self._lists
+        codes = L.payload["codes"]
+        if self._nbits == 8:
+            from ..kernels import pq_scan
+            fn = {"single": pq_scan.adc_scan_single, "batch": pq_scan.adc_scan_batch,
+                  "serial": pq_scan.adc_scan_serial}[path]
+            fn(codes, L.ids, L.starts, L.sizes, probes, base, qluts, term, use_term,
+               keys, ids)
+        else:
+            from ..kernels import fastscan_search as fs
+            fn = {"single": fs.fastscan_single, "batch": fs.fastscan_batch,
+                  "serial": fs.fastscan_serial}[path]
+            fn(codes, L.ids, L.starts, L.sizes, probes, base, qluts, term, use_term,
+               keys, ids, backend)
+
+    def _refine_exact(self, q, keys, ids, k):
+        from ..kernels.refine import refine
+        L = self._lists
+        valid = ids != ID_SENTINEL
+        lst, off = L.lookup(np.ascontiguousarray(np.where(valid, ids, -1).ravel()))
+        rows = np.where(lst >= 0, L.starts[np.maximum(lst, 0)] + off, -1)
+        return refine(q, L.payload["data"], rows.reshape(ids.shape), ids, k,
+                      self._metric == "l2")
+
+    # -- persistence -------------------------------------------------------------------
+    def _save_params(self) -> dict:
+        return {"m": self._m, "nbits": self._nbits, "by_residual": self._by_residual,
+                "refine": self._refine}
+
+    def _save_arrays(self) -> dict:
+        return {"codebooks": self._pq.codebooks}
+
+    @classmethod
+    def _new_from_params(cls, p):
+        return cls(p["d"], p["nlist"], p["m"], p["nbits"], p["metric"],
+                   by_residual=p["by_residual"], refine=p["refine"], n_iter=p["n_iter"],
+                   seed=p["seed"], max_points_per_centroid=p["max_points_per_centroid"])
+
+    def _load_arrays(self, a, bad) -> None:
+        cb = a.get("codebooks")
+        want = (self._m, self._pq.ksub, self._d // self._m)
+        if cb is None or cb.dtype != np.float32 or cb.shape != want:
+            raise bad(f"array 'codebooks' missing or not float32 of shape {want}")
+        if not np.isfinite(cb).all():
+            raise bad("codebooks contain NaN or infinity")
+        self._pq.set_codebooks(np.array(cb))
+
+
+register_kind("IVFPQ", IVFPQ._from_file)

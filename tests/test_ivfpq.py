@@ -1,0 +1,319 @@
+"""IVFPQ: ADC and fast-scan oracles, refine, FAISS recall parity, mutation, persistence,
+backends, memory, errors."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import numba_ivf
+from numba_ivf.kernels import fastscan
+from numba_ivf.kernels.topk import ID_SENTINEL
+from tests.naive import ivfpq as naive
+from tests.naive.pq import decode
+from tests.naive.search import brute_force
+
+D, NLIST, M = 16, 8, 8
+
+
+def _clustered(seed, n, d=D, centres=24):
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, d)) * 3.0
+    return (c[rng.integers(0, centres, n)] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+_BASE = {}
+
+
+def _trained(nbits, metric, by_residual=True, refine=False):
+    """Trained, empty index (session cache: the JIT and k-means are paid once)."""
+    key = (nbits, metric, by_residual, refine)
+    if key not in _BASE:
+        idx = numba_ivf.IVFPQ(D, NLIST, M, nbits, metric, by_residual, refine, n_iter=8,
+                              seed=0, max_points_per_centroid=10_000)
+        idx.train(_clustered(1, 2000))
+        _BASE[key] = idx
+    return copy.deepcopy(_BASE[key])
+
+
+@pytest.fixture(scope="session")
+def data():
+    return _clustered(2, 1200), _clustered(3, 20)
+
+
+def _filled(nbits, metric, by_residual=True, refine=False, n=1200):
+    idx = _trained(nbits, metric, by_residual, refine)
+    x = _clustered(2, n)
+    ids = np.arange(n, dtype=np.int64) * 7 + 3
+    idx.add(x, ids)
+    return idx, x, ids
+
+
+CASES = [(8, "l2", True), (8, "ip", True), (8, "cosine", True), (8, "l2", False),
+         (4, "l2", True), (4, "ip", True), (4, "cosine", False)]
+
+
+@pytest.mark.parametrize("nbits,metric,by_residual",
+                         [c for c in CASES if c[0] == 8])
+def test_float_tables_equal_adc_oracle(nbits, metric, by_residual, data):
+    idx, _, _ = _filled(nbits, metric, by_residual)
+    q = data[1]
+    Dref, Iref = naive.adc_search(idx, q, 10)
+    for path in ("batch", "single", "serial"):
+        Dk, Ik = idx.search(q, 10, nprobe=NLIST, path=path)
+        np.testing.assert_allclose(Dk, Dref, rtol=1e-4, atol=1e-3)
+        # exact ids wherever the oracle's neighbours are not near-tied
+        gap = np.abs(np.diff(Dref, axis=1)) > 1e-3 * (1 + np.abs(Dref[:, 1:]))
+        clean = np.concatenate([gap[:, :1], gap[:, 1:] & gap[:, :-1], gap[:, -1:]], 1)
+        assert (Ik[clean] == Iref[clean]).all()
+
+
+@pytest.mark.parametrize("nbits,metric,by_residual",
+                         [c for c in CASES if c[0] == 4])
+@pytest.mark.parametrize("nprobe", [3, NLIST])
+def test_fastscan_equals_quantized_oracle(nbits, metric, by_residual, nprobe, data):
+    idx, _, _ = _filled(nbits, metric, by_residual, n=700)
+    q = data[1][:8]
+    qn = idx._check_search(q, 10, nprobe)[0]
+    scores, probes = idx._coarse(qn, nprobe)
+    base, qluts, term, use_term = idx._tables(qn, scores)
+    keys, ids = naive.fastscan_search(idx, qn, probes, base, qluts, term, use_term, 10)
+    for path in ("batch", "single", "serial"):
+        Dk, Ik = idx.search(q, 10, nprobe=nprobe, path=path)
+        assert (Ik == ids).all()
+        expect = keys if metric == "l2" else -keys
+        np.testing.assert_array_equal(Dk, expect)
+
+
+def test_residual_decomposition_equals_plain_residual_tables(data):
+    # FAISS's L2 decomposition: base + sum_j (qlut + term[l])[j, c_j] must equal the ADC
+    # distance sum_j ||(q - c_l)_j - r_j,c_j||^2 from plain residual tables.
+    idx, _, _ = _filled(4, "l2", n=64)
+    q = data[1][:3]
+    scores, probes = idx._coarse(q, 2)
+    base, qluts, term, use_term = idx._tables(q, scores)
+    assert use_term
+    cent = np.asarray(idx.centroids, dtype=np.float64)
+    cb = idx.pq.codebooks.astype(np.float64)
+    dsub = D // M
+    rng = np.random.default_rng(9)
+    for qi in range(3):
+        for p in range(2):
+            lst = probes[qi, p]
+            r = q[qi] - cent[lst]
+            plain = np.array([[((r[j * dsub:(j + 1) * dsub] - cb[j, c]) ** 2).sum()
+                               for c in range(16)] for j in range(M)])
+            ours = qluts[qi].astype(np.float64) + term[lst]
+            for c in rng.integers(0, 16, size=(20, M)):
+                np.testing.assert_allclose(base[qi, p] + ours[np.arange(M), c].sum(),
+                                           plain[np.arange(M), c].sum(), rtol=1e-4,
+                                           atol=1e-3)
+
+
+@pytest.mark.parametrize("nbits,metric", [(8, "l2"), (4, "cosine"), (4, "l2")])
+def test_refine_is_brute_force_on_candidates(nbits, metric, data):
+    idx, x, ids = _filled(nbits, metric, refine=True)
+    q = data[1]
+    D1, I1 = idx.search(q, 5, nprobe=4, k_factor=3)
+    idx._refine = False
+    _, cand = idx.search(q, 15, nprobe=4)
+    idx._refine = True
+    pos = {int(i): j for j, i in enumerate(ids)}
+    for qi in range(len(q)):
+        c = cand[qi][cand[qi] >= 0]
+        Dref, Iref = brute_force(x[[pos[int(i)] for i in c]], c, q[qi:qi + 1], 5, metric)
+        np.testing.assert_allclose(D1[qi], Dref[0], rtol=1e-5, atol=1e-4)
+        assert (I1[qi] == Iref[0]).all()
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_recall_matches_faiss(nbits):
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(11)
+    d, nlist, m, n = 32, 16, 8, 5000
+    c = rng.standard_normal((64, d)) * 2.0
+    x = (c[rng.integers(0, 64, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    q = (c[rng.integers(0, 64, 300)] + rng.standard_normal((300, d))).astype(np.float32)
+    gt = np.argsort(((q[:, None] - x[None]) ** 2).sum(-1), axis=1)[:, :10]
+    ours = numba_ivf.IVFPQ(d, nlist, m, nbits, n_iter=10, seed=0)
+    ours.train(x)
+    ours.add(x)
+    quant = faiss.IndexFlatL2(d)
+    quant.add(np.asarray(ours.centroids))
+    if nbits == 8:
+        ref = faiss.IndexIVFPQ(quant, d, nlist, m, 8)
+    else:
+        ref = faiss.IndexIVFPQFastScan(quant, d, nlist, m, 4)
+    ref.train(x)      # the quantizer is already trained: FAISS trains only its PQ
+    ref.add(x)
+
+    def recall(I):
+        return np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(I, gt)])
+
+    for nprobe in (2, 8):
+        ref.nprobe = nprobe
+        r_ours = recall(ours.search(q, 10, nprobe=nprobe)[1])
+        r_ref = recall(ref.search(q, 10)[1])
+        assert r_ours >= r_ref - 0.02, (nprobe, r_ours, r_ref)
+
+
+def test_portable_backend_bit_exact(data):
+    idx, _, _ = _filled(4, "l2")
+    q = data[1]
+    Dp, Ip = idx.search(q, 10, nprobe=4, _backend="portable")
+    Dd, Id = idx.search(q, 10, nprobe=4)
+    assert (Ip == Id).all()
+    np.testing.assert_array_equal(Dp, Dd)
+
+
+def test_portable_backend_end_to_end_subprocess():
+    code = ("import numpy as np, numba_ivf\n"
+            "from numba_ivf.kernels import fastscan\n"
+            "assert fastscan.FASTSCAN_BACKEND == 'portable'\n"
+            "x = np.random.default_rng(0).standard_normal((600, 8)).astype(np.float32)\n"
+            "i = numba_ivf.IVFPQ(8, 4, 4, 4, refine=True, n_iter=3)\n"
+            "i.train(x); i.add(x)\n"
+            "D, I = i.search(x[:5], 3, nprobe=4, k_factor=8)\n"
+            "assert (I[:, 0] == np.arange(5)).all(), I\n")
+    env = dict(os.environ, NUMBA_IVF_FASTSCAN="portable")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_remove_add_sequence_equals_fresh_build(nbits, data):
+    rng = np.random.default_rng(5)
+    x = _clustered(2, 900)
+    y = _clustered(4, 100)
+    ids = np.arange(900, dtype=np.int64)
+    a = _trained(nbits, "l2")
+    a.add(x, ids)
+    gone = rng.choice(900, 300, replace=False)
+    assert a.remove(gone) == 300
+    assert a.remove(gone[:5]) == 0
+    a.add(y, np.arange(1000, 1100))
+    keep = np.setdiff1d(ids, gone)
+    b = _trained(nbits, "l2")
+    b.add(x[keep], keep)
+    b.add(y, np.arange(1000, 1100))
+    assert len(a) == len(b) == 700
+    q = data[1]
+    Da, Ia = a.search(q, 20, nprobe=NLIST)
+    Db, Ib = b.search(q, 20, nprobe=NLIST)
+    assert (Ia == Ib).all()
+    np.testing.assert_array_equal(Da, Db)
+    assert not np.isin(Ia, gone).any()
+    for i in (int(keep[0]), int(keep[-1]), 1050):
+        np.testing.assert_array_equal(a.reconstruct(i), b.reconstruct(i))
+
+
+@pytest.mark.parametrize("nbits,by_residual", [(8, True), (4, True), (4, False)])
+def test_reconstruct_is_decoded_code(nbits, by_residual):
+    idx, x, ids = _filled(nbits, "l2", by_residual, n=300)
+    codes = naive.stored_codes(idx)
+    cent = np.asarray(idx.centroids, dtype=np.float64)
+    for i in ids[[0, 77, 299]]:
+        lst, c = codes[int(i)]
+        expect = decode(c[None].astype(np.int64), idx.pq.codebooks)[0]
+        if by_residual:
+            expect = expect + cent[lst]
+        np.testing.assert_allclose(idx.reconstruct(int(i)), expect, rtol=1e-6, atol=1e-6)
+    with pytest.raises(KeyError, match="not in the index"):
+        idx.reconstruct(1)
+
+
+@pytest.mark.parametrize("nbits,refine", [(8, False), (4, False), (4, True)])
+@pytest.mark.parametrize("mmap", [False, True])
+def test_save_load_round_trip(nbits, refine, mmap, tmp_path, data):
+    idx, x, ids = _filled(nbits, "cosine", refine=refine, n=500)
+    idx.remove(ids[::5])
+    q = data[1]
+    kw = {"k_factor": 2} if refine else {}
+    D0, I0 = idx.search(q, 10, nprobe=3, **kw)
+    path = tmp_path / "pq.nivf"
+    idx.save(path)
+    back = numba_ivf.load(path, mmap=mmap)
+    assert isinstance(back, numba_ivf.IVFPQ) and len(back) == len(idx)
+    assert (back.nbits, back.m, back.metric, back.refine) == (nbits, M, "cosine", refine)
+    D1, I1 = back.search(q, 10, nprobe=3, **kw)
+    assert (I0 == I1).all()
+    np.testing.assert_array_equal(D0, D1)
+    back.add(x[:3], [10**6, 10**6 + 1, 10**6 + 2])     # copy-on-write after mmap
+    assert back.remove([10**6]) == 1 and len(back) == len(idx) + 2
+
+
+def test_memory_of_fastscan_lists():
+    idx = _trained(4, "l2")
+    n = 5000
+    idx.add(_clustered(6, n))
+    mem = idx.memory_bytes
+    lists = mem["ids"] + mem["codes"] + mem["refine"] + mem["id_map"]
+    assert lists <= 1.1 * n * (M / 2 + 8) + NLIST * 32 * (M / 2 + 8)
+
+
+def test_padding_lanes_and_k_larger_than_index():
+    idx, _, ids = _filled(4, "l2", n=37)       # 37 rows: lists end inside blocks
+    D, I = idx.search(_clustered(2, 37)[:2], 50, nprobe=NLIST)
+    assert set(I[0][I[0] >= 0].tolist()) == set(ids.tolist())
+    assert (I[:, 37:] == -1).all() and np.isinf(D[:, 37:]).all()
+    assert (np.diff(D[:, :37], axis=1) >= 0).all()
+
+
+def test_float64_noncontiguous_and_1d_queries(data):
+    idx, _, _ = _filled(8, "ip")
+    q = data[1]
+    D0, I0 = idx.search(q, 5, nprobe=2)
+    q64 = np.asfortranarray(q.astype(np.float64))
+    D1, I1 = idx.search(q64, 5, nprobe=2)
+    assert (I0 == I1).all()
+    D2, I2 = idx.search(q[0], 5, nprobe=2)
+    assert (I2[0] == I0[0]).all()
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    ({"d": 16, "nlist": 4, "m": 5}, ValueError, "not divisible by m=5"),
+    ({"d": 16, "nlist": 4, "m": 4, "nbits": 6}, ValueError, "nbits must be 4 or 8"),
+    ({"d": 16, "nlist": 0, "m": 4}, ValueError, "nlist must be >= 1"),
+    ({"d": 16, "nlist": 4, "m": 4, "metric": "cos"}, ValueError, "metric must be one"),
+    ({"d": 16, "nlist": 4, "m": 4, "refine": 1}, TypeError, "refine must be True or"),
+    ({"d": 16, "nlist": 4, "m": 4, "by_residual": "no"}, TypeError, "by_residual must"),
+])
+def test_constructor_errors(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        numba_ivf.IVFPQ(**kwargs)
+
+
+def test_usage_errors_leave_index_unchanged(data):
+    fresh = numba_ivf.IVFPQ(D, NLIST, M)
+    with pytest.raises(RuntimeError, match="not trained; call train"):
+        fresh.search(data[1], 3)
+    with pytest.raises(RuntimeError, match="not trained"):
+        fresh.add(data[0])
+    with pytest.raises(ValueError, match="needs at least 256 rows"):
+        numba_ivf.IVFPQ(D, 4, M).train(data[0][:100])
+    idx, x, ids = _filled(8, "l2", refine=True, n=200)
+    before = idx.search(data[1], 5, nprobe=2)
+    with pytest.raises(ValueError, match="k_factor must be >= 1"):
+        idx.search(data[1], 5, k_factor=0)
+    with pytest.raises(ValueError, match="q has 3 features, but IVFPQ"):
+        idx.search(np.zeros((2, 3)), 5)
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        bad = x[:2].copy()
+        bad[1, 3] = np.nan
+        idx.add(bad, [10**6, 10**6 + 1])
+    with pytest.raises(ValueError, match="must not already be in the index"):
+        idx.add(x[:2], ids[:2])
+    with pytest.raises(ValueError, match="path must be one of"):
+        idx.search(data[1], 5, path="list_major")
+    assert len(idx) == 200
+    after = idx.search(data[1], 5, nprobe=2)
+    assert (before[1] == after[1]).all()
+    plain, _, _ = _filled(8, "l2", n=50)
+    with pytest.raises(ValueError, match="k_factor applies only"):
+        plain.search(data[1], 5, k_factor=2)
