@@ -30,7 +30,7 @@ _LAZY = {
     "threads": "numba_ivf._threads",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [*sorted(_LAZY), "__version__"]
 
 
 def __getattr__(name: str):

@@ -9,14 +9,7 @@ import time
 
 import numpy as np
 
-
-def _median_time(fn, repeats=5):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+from .bench.timing import median_time
 
 
 def _recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:
@@ -49,7 +42,7 @@ def run_demo(n: int = 50_000, d: int = 64, k: int = 256, seed: int = 0) -> int:
     base_t = None
     ref_labels = numba_ivf.assign_nearest(x, cents, "l2", "scalar")[0]
     for v, reps in (("scalar", 1), ("monolithic", 5), ("tiled", 5)):
-        t = _median_time(lambda: numba_ivf.assign_nearest(x, cents, "l2", v), reps)
+        t = median_time(lambda: numba_ivf.assign_nearest(x, cents, "l2", v), reps)
         base_t = base_t or t
         same = (numba_ivf.assign_nearest(x, cents, "l2", v)[0] == ref_labels).mean()
         print(f"  {v:<11s} {t * 1e3:9.1f} ms  {flop / t / 1e9:7.1f} GFLOP/s  "
@@ -59,7 +52,7 @@ def run_demo(n: int = 50_000, d: int = 64, k: int = 256, seed: int = 0) -> int:
     print(f"\nKMeans(n_clusters={k}, n_iter=25) fit, all {n} points:")
     for v in ("monolithic", "tiled"):
         km = numba_ivf.KMeans(k, n_iter=1, variant=v, max_points_per_centroid=None).fit(x)
-        t = _median_time(lambda: numba_ivf.KMeans(
+        t = median_time(lambda: numba_ivf.KMeans(
             k, n_iter=25, variant=v, max_points_per_centroid=None).fit(x), 3)
         km = numba_ivf.KMeans(k, n_iter=25, variant=v, max_points_per_centroid=None).fit(x)
         print(f"  {v:<11s} {t:7.3f} s   final objective {km.objective[-1] / n:.4f} per point")
@@ -81,7 +74,7 @@ def run_demo(n: int = 50_000, d: int = 64, k: int = 256, seed: int = 0) -> int:
         print(f"  {name}: train + add {build:.2f} s")
         for nprobe in (1, 4, 16, 64):
             index.search(q[:8], 10, nprobe=nprobe)
-            t = _median_time(lambda: index.search(q, 10, nprobe=nprobe), 3)
+            t = median_time(lambda: index.search(q, 10, nprobe=nprobe), 3)
             _, ids = index.search(q, 10, nprobe=nprobe)
             print(f"     nprobe={nprobe:<3d} recall@10={_recall(ids, truth, 10):.3f}  "
                   f"{len(q) / t:10.0f} QPS (batch of {len(q)})")

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -41,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import datasets as _ds
-from .._config import BENCH_MAX_INNER, BENCH_MIN_REPEAT_S
 from .progress import Progress
+from .timing import median_time
 
 __all__ = ["BenchConfig", "run_benchmark", "recall_at_k", "machine_info",
            "write_markdown", "LIBRARIES", "INDEXES", "MODES", "SCHEMA_VERSION"]
@@ -487,24 +486,6 @@ def _bar(cfg: BenchConfig):
     return False if cfg.quiet else cfg.progress
 
 
-def _median_time(fn, repeats: int, first_s: float) -> float:
-    """Median over ``repeats`` of the time of one call of ``fn``.
-
-    A call faster than BENCH_MIN_REPEAT_S (judged by ``first_s``, the warm-up time)
-    is repeated inside each timed repeat so that timer resolution and one-off
-    scheduling hiccups on a shared machine do not dominate.
-    """
-    inner = int(min(BENCH_MAX_INNER, max(1, math.ceil(BENCH_MIN_REPEAT_S
-                                                      / max(first_s, 1e-6)))))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times)
-
-
 def _measure(runner: _Runner, queries: np.ndarray, gt: np.ndarray, params: dict,
              mode: str, repeats: int, single_queries: int) -> dict:
     k = runner.k
@@ -512,7 +493,7 @@ def _measure(runner: _Runner, queries: np.ndarray, gt: np.ndarray, params: dict,
         t0 = time.perf_counter()
         I = runner.search(queries, params)  # warm-up; its ids give the recall
         first_s = time.perf_counter() - t0
-        sec = _median_time(lambda: runner.search(queries, params), repeats, first_s)
+        sec = median_time(lambda: runner.search(queries, params), repeats, first_s)
         nq = queries.shape[0]
         rec = recall_at_k(I, gt, k)
     else:
@@ -533,7 +514,7 @@ def _measure(runner: _Runner, queries: np.ndarray, gt: np.ndarray, params: dict,
             for r in rows:
                 runner.search(r, params)
 
-        sec = _median_time(loop, repeats, first_s)
+        sec = median_time(loop, repeats, first_s)
     return {"recall": float(rec), "qps": float(nq / sec) if sec > 0 else float("inf"),
             "search_s": float(sec), "n_queries": int(nq)}
 

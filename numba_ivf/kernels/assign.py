@@ -72,13 +72,13 @@ def tile_rows(n: int, d: int, n_threads: int) -> int:
 
 # --------------------------------------------------------------------------- workers
 @njit(cache=True, fastmath=FASTMATH)
-def _row_sqnorms(x, s0, s1, out):
-    d = x.shape[1]
-    for i in range(s0, s1):
-        acc = 0.0
-        for j in range(d):
-            acc += np.float64(x[i, j]) * x[i, j]
-        out[i] = acc
+def _scores_to_sqdist(x, i, scores):
+    """In place: L2 scores s = x.c - ||c||^2/2 of row i become ||x - c||^2 = ||x||^2 - 2s."""
+    acc = np.float32(0.0)
+    for j in range(x.shape[1]):
+        acc += x[i, j] * x[i, j]
+    for q in range(scores.shape[0]):
+        scores[q] = max(acc - np.float32(2.0) * scores[q], np.float32(0.0))
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -138,7 +138,6 @@ def tiled_argmax(x, panels, bias, l2, tile):
     n = x.shape[0]
     labels = np.empty(n, dtype=np.int64)
     best = np.empty(n, dtype=np.float32)
-    dist = np.empty(n, dtype=np.float32)
     ntiles = (n + tile - 1) // tile
     for t in prange(ntiles):
         s0 = t * tile
@@ -148,14 +147,8 @@ def tiled_argmax(x, panels, bias, l2, tile):
         _tile_argmax(x, s0, s1, panels, bias, block, rowmax, best, labels)
         if l2:
             for i in range(s0, s1):
-                acc = np.float32(0.0)
-                for j in range(x.shape[1]):
-                    acc += x[i, j] * x[i, j]
-                dist[i] = max(acc - np.float32(2.0) * best[i], np.float32(0.0))
-        else:
-            for i in range(s0, s1):
-                dist[i] = best[i]
-    return labels, dist
+                _scores_to_sqdist(x, i, best[i:i + 1])
+    return labels, best
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
@@ -173,11 +166,7 @@ def tiled_topk(x, panels, bias, l2, tile, p_top):
         _tile_topk(x, s0, s1, panels, bias, block, rowmax, top_s, top_i)
         if l2:
             for i in range(s0, s1):
-                acc = np.float32(0.0)
-                for j in range(x.shape[1]):
-                    acc += x[i, j] * x[i, j]
-                for q in range(p_top):
-                    top_s[i, q] = max(acc - np.float32(2.0) * top_s[i, q], np.float32(0.0))
+                _scores_to_sqdist(x, i, top_s[i])
     return top_s, top_i
 
 
