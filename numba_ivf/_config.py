@@ -46,6 +46,10 @@ ASSIGN_RTOL = 1e-4
 
 # -- k-means -----------------------------------------------------------------------
 KMEANS_MAX_POINTS_PER_CENTROID = 256
+# Below this many flops per assignment (2 n d k), a fit runs on one thread: a parallel
+# region costs tens of microseconds on an idle machine and milliseconds on a busy
+# one, more than such an iteration's work (PQ sub-spaces with 16 codes, for one).
+KMEANS_PARALLEL_MIN_FLOP = 2e7
 # Hamerly bounds: a row is recomputed unless upper + slack < lower, slack relative to
 # the distances and the data scale; it absorbs the float32 rounding of the kernel's
 # distances (relative ~1e-5), so a skipped row is one whose assignment is certain.
@@ -69,11 +73,17 @@ IVF_SCAN_TILE_BYTES = 32 * 1024
 # Single-query scan: rows per parallel run at least this many (a run must pay for the
 # parallel launch), and at most IVF_SINGLE_RUNS_PER_THREAD runs per thread.
 IVF_SINGLE_MIN_RUN = 2048
-# Up to this many queries, the coarse step scans the centroids like one flat list
-# (per-query heap, parallel runs when large) instead of the tiled kernel, whose
-# register block is built for many rows at a time.
+# Up to this many queries, the coarse step is a serial GEMV over the transposed
+# centroids (list_scan.coarse_few, shared with the one-query kernel) instead of the
+# tiled kernel, whose register block is built for many rows at a time.
 IVF_COARSE_SCAN_MAX_QUERIES = 4
 IVF_SINGLE_RUNS_PER_THREAD = 2
+# One query per call (IVFFlat.search with one row): the fused kernel splits the scan
+# over threads only when every run gets at least this many rows of 64 features (~1M
+# multiply-adds, ~100 us on one core). Waking the pool costs ~10 us on an idle machine
+# and up to milliseconds when the other cores are busy (measured: 2 threads at glove-50
+# nprobe=64 ran at 1/50 of one thread under load), so small searches stay serial.
+IVF_ONE_QUERY_MIN_RUN = 16384
 # List-major scan: partial top-k buffers (queries * nprobe * k * 12 bytes) are bounded
 # by processing the queries in batches of at most this many bytes of partials.
 IVF_PARTIAL_BYTES = 64 * 1024 * 1024

@@ -12,7 +12,8 @@ import warnings
 
 import numpy as np
 
-from ._config import KMEANS_BOUND_SLACK, KMEANS_SPLIT_EPS
+from ._config import KMEANS_BOUND_SLACK, KMEANS_PARALLEL_MIN_FLOP, KMEANS_SPLIT_EPS
+from ._threads import threads
 from ._validation import METRICS, check_choice, check_int, check_vectors
 from .kernels import assign as _assign
 from .kernels.kmeans_update import centroid_sums, own_sqdist, update_min_sqdist
@@ -144,6 +145,14 @@ class KMeans:
             if init_centroids.shape[0] != k:
                 raise ValueError(f"init_centroids has {init_centroids.shape[0]} rows, "
                                  f"but n_clusters={k}.")
+        if 2.0 * min(n, k * (self.max_points_per_centroid or n)) * d * k < \
+                KMEANS_PARALLEL_MIN_FLOP:
+            with threads(1):
+                return self._fit(x, k, init_centroids)
+        return self._fit(x, k, init_centroids)
+
+    def _fit(self, x, k, init_centroids):
+        n, d = x.shape
         rng = np.random.default_rng(self.seed)
         metric = self.metric
         spherical = bool(self.spherical) or metric == "cosine"
