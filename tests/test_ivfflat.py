@@ -410,3 +410,112 @@ class IVFModel(RuleBasedStateMachine):
 TestIVFModel = IVFModel.TestCase
 TestIVFModel.settings = settings(max_examples=25, stateful_step_count=15, deadline=None,
                                  suppress_health_check=[HealthCheck.too_slow])
+
+
+# -- one query per call: the fused fast path ----------------------------------------------
+
+@pytest.fixture
+def count_fast_calls(monkeypatch):
+    """Counts calls of the fused one-query kernel (so a test knows the path was taken)."""
+    from numba_ivf.kernels import list_scan
+    calls = []
+    real = list_scan.search_one
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(list_scan, "search_one", counting)
+    return calls
+
+
+def test_one_query_fast_path_equals_batch_bit_for_bit(float_index, count_fast_calls):
+    index, _ = float_index
+    rng = np.random.default_rng(16)
+    q = rng.standard_normal((30, 12)).astype(np.float32)
+    for nprobe, k in ((1, 5), (3, 9), (index.nlist, 1), (10 * index.nlist, 7)):
+        for i in range(q.shape[0]):
+            ref = index.search(q[i:i + 1], k, nprobe=nprobe, path="batch")
+            for row in (q[i], q[i:i + 1], q[i].astype(np.float64)):
+                D, I = index.search(row, k, nprobe=nprobe)
+                assert D.shape == I.shape == (1, k)
+                np.testing.assert_array_equal(I, ref[1])
+                np.testing.assert_array_equal(D, ref[0])
+    assert len(count_fast_calls) == 4 * 30 * 3
+
+
+def test_one_query_exact_against_oracle_with_ties_and_padding(int_index,
+                                                              count_fast_calls):
+    index, x, ids = int_index
+    q = _int_data(17, 12)
+    for i in range(q.shape[0]):
+        D, I = index.search(q[i], 7, nprobe=NLIST)
+        Dref, Iref = brute_force(x, ids, q[i:i + 1], 7, index.metric)
+        if index.metric == "cosine":
+            _assert_tie_aware(D, I, x, ids, q[i:i + 1], "cosine", 7)
+        else:
+            np.testing.assert_array_equal(I, Iref)
+            np.testing.assert_array_equal(D, Dref.astype(np.float32))
+    D, I = index.search(q[0], 520, nprobe=NLIST)   # k above the index size: padded
+    assert (I[0, :500] >= 0).all() and (I[0, 500:] == -1).all()
+    assert (D[0, 500:] == (np.inf if index.metric == "l2" else -np.inf)).all()
+    assert len(count_fast_calls) == q.shape[0] + 1
+
+
+def test_one_query_probes_the_nearest_centroids(float_index, count_fast_calls):
+    # The fused coarse GEMV picks the oracle's nprobe nearest lists: searching one query
+    # equals brute force over exactly the vectors of those lists.
+    index, x = float_index
+    cent = np.array(index.centroids, dtype=np.float64)
+    coarse_metric = "l2" if index.metric == "l2" else "ip"
+    _, labels = brute_force(cent, np.arange(index.nlist), x, 1, coarse_metric)
+    q = np.random.default_rng(18).standard_normal((10, 12)).astype(np.float32)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True) if index.metric == "cosine" else q
+    for i in range(q.shape[0]):
+        _, lists = brute_force(cent, np.arange(index.nlist), qn[i:i + 1], 3,
+                               coarse_metric)
+        member = np.flatnonzero(np.isin(labels[:, 0], lists[0]))
+        D, I = index.search(q[i], 6, nprobe=3)
+        Dref, Iref = brute_force(x[member], member, q[i:i + 1], 6, index.metric)
+        np.testing.assert_array_equal(I, Iref)
+        np.testing.assert_allclose(D, Dref, rtol=1e-5, atol=1e-5)
+    assert len(count_fast_calls) == q.shape[0]
+
+
+def test_one_query_split_over_threads_agrees(float_index, monkeypatch):
+    # Tiny runs force the parallel branch of the fused kernel (runs that cut lists).
+    import numba_ivf.ivf.flat as flat
+    index, _ = float_index
+    q = np.random.default_rng(19).standard_normal((8, 12)).astype(np.float32)
+    refs = [index.search(q[i:i + 1], 9, nprobe=4, path="batch") for i in range(8)]
+    monkeypatch.setattr(flat, "IVF_ONE_QUERY_MIN_RUN", 1)
+    monkeypatch.setattr(flat, "IVF_SINGLE_RUNS_PER_THREAD", 8)
+    for i in range(8):
+        D, I = index.search(q[i], 9, nprobe=4)
+        np.testing.assert_array_equal(I, refs[i][1])
+        np.testing.assert_array_equal(D, refs[i][0])
+
+
+def test_one_query_errors_and_unusual_inputs_take_the_general_path(float_index,
+                                                                   count_fast_calls):
+    index, x = float_index
+    row = np.array(x[3])
+    row[5] = np.nan
+    with pytest.raises(ValueError, match="q contains NaN or infinity"):
+        index.search(row, 3)
+    assert len(count_fast_calls) == 1  # the kernel saw the NaN and declined
+    with pytest.raises(ValueError, match="q has 11 features, but IVFFlat\\(d=12\\)"):
+        index.search(x[3, :11], 3)
+    with pytest.raises(ValueError, match="k must be >= 1; got 0"):
+        index.search(x[3], 0)
+    with pytest.raises(TypeError, match="nprobe must be an integer"):
+        index.search(x[3], 3, nprobe=1.5)
+    ref = index.search(x[3:4], 4, nprobe=2, path="batch")
+    strided = np.stack([x[3], x[3]], axis=1)[:, 0]
+    assert not strided.flags.c_contiguous
+    for q in (strided, x[3].tolist(), x[3:4].astype(np.float16)):
+        _, I = index.search(q, 4, nprobe=2)     # strided, list, float16: general path
+        np.testing.assert_array_equal(I, ref[1])
+    _, I = index.search(x[3], np.int64(4), nprobe=np.int32(2))   # numpy ints too
+    np.testing.assert_array_equal(I, ref[1])
+    assert len(count_fast_calls) == 1

@@ -7,6 +7,12 @@ checks, cosine normalisation, assignment, then the subclass's row encoding), ``r
 subclass supplies the list payload and the hooks named ``_new_lists``, ``_train_rest``,
 ``_encode_rows``, ``_reconstruct_row``, ``search`` and the ``_save_*`` / ``_load_*``
 pair. Orchestration only: no loops over vectors here.
+
+One query per call is dominated by Python overhead (a full validation costs more than
+scanning a few lists), so ``_one_query`` recognises the common case -- one C-contiguous
+float32/float64 row, plain int ``k`` and ``nprobe`` -- with a handful of cheap checks, and
+a subclass hands it to a single fused kernel that also checks finiteness. Anything else,
+including every error, takes the general path and its messages.
 """
 
 from __future__ import annotations
@@ -24,10 +30,15 @@ __all__ = ["IVFBase", "check_ids", "normalize_rows"]
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero); always a new array."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    norms[norms == 0] = 1.0
-    return (x / norms[:, None]).astype(np.float32)
+    """Rows scaled to unit L2 norm (zero rows stay zero); always a new float32 array.
+
+    One kernel (``list_scan.normalize_rows_into``) for every path, so that a query
+    searched alone (``search_one``) is rounded exactly as in a batch.
+    """
+    from ..kernels.list_scan import normalize_rows_into
+    out = np.empty(x.shape, dtype=np.float32)
+    normalize_rows_into(x, out)
+    return out
 
 
 def check_ids(ids, n: int, name: str = "ids") -> np.ndarray:
@@ -149,6 +160,8 @@ class IVFBase:
     def _set_centroids(self, centroids: np.ndarray):
         from ..kernels.assign import prepare_centroids
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        # (d, nlist) copy for the one-query coarse GEMV (list_scan.coarse_few).
+        self._centroids_t = np.ascontiguousarray(self._centroids.T)
         self._prepared = prepare_centroids(self._centroids, self._metric == "l2")
 
     def _coarse(self, x: np.ndarray, p: int):
@@ -269,6 +282,25 @@ class IVFBase:
         if self._metric == "cosine":
             q = normalize_rows(q)
         return q, k, nprobe
+
+    def _one_query(self, q, k, nprobe):
+        """``(row, k, nprobe)`` if this call may take a one-query fast path, else None.
+
+        Eligible: a trained index, ``q`` an ndarray of dtype float32 or float64 with shape
+        (d,) or (1, d) and C-contiguous, ``k`` and ``nprobe`` Python ints >= 1. ``row``
+        is a (d,) view of q (not checked for NaN/inf: the fast kernel does that and the
+        caller falls back to the general path, which raises). nprobe is clamped to nlist.
+        """
+        if (type(q) is not np.ndarray or type(k) is not int or type(nprobe) is not int
+                or k < 1 or nprobe < 1 or self._centroids is None):
+            return None
+        if q.dtype.char not in "fd" or not q.flags.c_contiguous:
+            return None
+        if q.ndim == 2 and q.shape[0] == 1:
+            q = q[0]
+        if q.ndim != 1 or q.shape[0] != self._d:
+            return None
+        return q, k, min(nprobe, self._nlist)
 
     def _finish(self, keys: np.ndarray, ids: np.ndarray):
         """Minimised keys + sentinel ids -> FAISS-convention (D, I), in place."""

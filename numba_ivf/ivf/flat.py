@@ -1,72 +1,37 @@
 """IVF-Flat: a coarse k-means quantizer over inverted lists of full float32 vectors.
 
-Orchestration only: validation here, k-means in ``numba_ivf.kmeans``, the coarse
-assignment in ``numba_ivf.kernels.assign``, list storage in ``_lists``, the scans in
-``numba_ivf.kernels.list_scan``.
+Orchestration only. The shared IVF machinery (coarse k-means and assignment, ids,
+validation, result conventions, remove, reconstruct, save/load, the one-query check)
+lives in ``base.IVFBase``; list storage in ``_lists``; the scans, and the fused
+one-query kernel, in ``numba_ivf.kernels.list_scan``.
 """
 
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
 
-from .._config import (IVF_COARSE_SCAN_MAX_QUERIES, IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST,
-                       IVF_LIST_MAJOR_MIN_ROW_BYTES, IVF_PARTIAL_BYTES,
-                       IVF_SCAN_TILE_BYTES, IVF_SINGLE_MIN_RUN,
-                       IVF_SINGLE_RUNS_PER_THREAD)
-from .._validation import check_choice, check_int, check_metric, check_vectors
+from .._config import (
+    IVF_COARSE_SCAN_MAX_QUERIES,
+    IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST,
+    IVF_LIST_MAJOR_MIN_ROW_BYTES,
+    IVF_ONE_QUERY_MIN_RUN,
+    IVF_PARTIAL_BYTES,
+    IVF_SCAN_TILE_BYTES,
+    IVF_SINGLE_MIN_RUN,
+    IVF_SINGLE_RUNS_PER_THREAD,
+)
+from .._validation import check_choice
 from ..kernels import list_scan
-from ..kernels.topk import ID_SENTINEL
 from ._lists import InvertedLists
 from ._load import register_kind
+from .base import IVFBase, _n_threads
 
 __all__ = ["IVFFlat", "SEARCH_PATHS"]
 
 SEARCH_PATHS = ("auto", "batch", "list_major", "single")
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero); always a new array."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    norms[norms == 0] = 1.0
-    return (x / norms[:, None]).astype(np.float32)
-
-
-def check_ids(ids, n: int, name: str = "ids") -> np.ndarray:
-    """Return ``ids`` as a C-contiguous int64 array of shape (n,), all >= 0 and unique.
-
-    Lives here rather than in ``_validation`` (owned elsewhere); IVFPQ can import it.
-    """
-    arr = np.asarray(ids)
-    if arr.size == 0 and n == 0:
-        return np.empty(0, dtype=np.int64)  # [] is float64 to numpy; no ids is fine
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be integers (int64); got dtype {arr.dtype}.")
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},), one id per row of x; got "
-                         f"shape {arr.shape}.")
-    if arr.dtype.kind == "u" and n and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} must fit in int64; got {arr.max()}.")
-    arr = np.ascontiguousarray(arr, dtype=np.int64)
-    if n and arr.min() < 0:
-        bad = int(np.flatnonzero(arr < 0)[0])
-        raise ValueError(f"{name} must be >= 0; got {arr[bad]} at position {bad}.")
-    if n > 1:
-        s = np.sort(arr)
-        dup = np.flatnonzero(s[1:] == s[:-1])
-        if dup.size:
-            raise ValueError(f"{name} must be unique; {s[dup[0]]} appears more than "
-                             f"once.")
-    return arr
-
-
-def _n_threads() -> int:
-    return int(numba.get_num_threads())
-
-
-class IVFFlat:
+class IVFFlat(IVFBase):
     """Inverted-file index with exact (flat) vectors in the lists, like faiss.IndexIVFFlat.
 
     Parameters
@@ -102,186 +67,37 @@ class IVFFlat:
 
     def __init__(self, d: int, nlist: int, metric: str = "l2", *, n_iter: int = 25,
                  seed: int = 1234, max_points_per_centroid: int = 256):
-        self._d = check_int("d", d, min_value=1)
-        self._nlist = check_int("nlist", nlist, min_value=1)
-        self._metric = check_metric(metric)
-        self.n_iter = check_int("n_iter", n_iter, min_value=0)
-        self.seed = check_int("seed", seed)
-        self.max_points_per_centroid = check_int("max_points_per_centroid",
-                                                 max_points_per_centroid, min_value=1)
-        self._centroids = None
-        self._prepared = None
-        self._lists = InvertedLists(self._nlist, {"data": (self._d, np.float32)})
-        self._next_id = 0
-
-    # -- read-only properties ----------------------------------------------------------
-    @property
-    def d(self) -> int:
-        return self._d
-
-    @property
-    def nlist(self) -> int:
-        return self._nlist
-
-    @property
-    def metric(self) -> str:
-        return self._metric
-
-    @property
-    def is_trained(self) -> bool:
-        return self._centroids is not None
-
-    @property
-    def centroids(self) -> np.ndarray:
-        """Coarse centroids, ndarray of shape (nlist, d), float32 (a read-only view)."""
-        self._check_trained("centroids")
-        view = self._centroids.view()
-        view.flags.writeable = False
-        return view
-
-    @property
-    def list_sizes(self) -> np.ndarray:
-        """Number of vectors in each list, ndarray of shape (nlist,), int64."""
-        return self._lists.sizes.copy()
-
-    def __len__(self) -> int:
-        return self._lists.ntotal
-
-    @property
-    def ntotal(self) -> int:
-        return self._lists.ntotal
+        super().__init__(d, nlist, metric, n_iter=n_iter, seed=seed,
+                         max_points_per_centroid=max_points_per_centroid)
+        self._lists = self._new_lists()
 
     def __repr__(self) -> str:
         return (f"IVFFlat(d={self._d}, nlist={self._nlist}, metric={self._metric!r}, "
                 f"ntotal={len(self)}, trained={self.is_trained})")
 
-    # -- helpers -----------------------------------------------------------------------
-    def _owner(self) -> str:
-        return f"IVFFlat(d={self._d})"
+    # -- IVFBase hooks -------------------------------------------------------------------
+    def _new_lists(self) -> InvertedLists:
+        return InvertedLists(self._nlist, {"data": (self._d, np.float32)})
 
-    def _check_trained(self, what: str):
-        if self._centroids is None:
-            raise RuntimeError(f"IVFFlat.{what}: the index is not trained; call "
-                               f"train(x) first.")
+    def _encode_rows(self, x: np.ndarray, labels: np.ndarray) -> dict:
+        return {"data": x}
 
-    def _coarse_metric(self) -> str:
-        return "l2" if self._metric == "l2" else "ip"
-
-    def _set_centroids(self, centroids: np.ndarray):
-        from ..kernels.assign import prepare_centroids
-        self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self._centroid_ids = np.arange(self._nlist, dtype=np.int64)
-        self._prepared = prepare_centroids(self._centroids, self._metric == "l2")
+    def _reconstruct_row(self, row: int) -> np.ndarray:
+        return np.array(self._lists.payload["data"][row])
 
     def _coarse(self, x: np.ndarray, p: int):
         """The p best lists of each (prepared) row, best first: (scores, lists).
 
-        A few queries scan the centroids as one flat list (the tiled kernel is built
-        for many rows); larger batches use the tiled kernel. The choice depends only
-        on the number of queries, never on the scan ``path``.
+        A few queries take a GEMV over the transposed centroids (the tiled kernel is
+        built for many rows; ``search_one`` runs the same code, so one query gets the
+        same lists either way); larger batches use the tiled kernel. The choice depends only on the number of queries, never on the path.
         """
-        from ..kernels.assign import assign_prepared, topk_prepared
         if x.shape[0] <= IVF_COARSE_SCAN_MAX_QUERIES:
-            c = self._centroids
             keys = np.empty((x.shape[0], p), dtype=np.float32)
             lists = np.empty((x.shape[0], p), dtype=np.int64)
-            self._scan_rows_flat(x, c, self._centroid_ids, keys, lists)
+            list_scan.coarse_few(x, self._centroids_t, self._metric_code, keys, lists)
             return keys, lists
-        if p == 1:
-            labels, scores = assign_prepared(x, self._prepared)
-            return scores[:, None], labels[:, None]
-        return topk_prepared(x, self._prepared, p)
-
-    # -- training and adding ---------------------------------------------------------
-    def train(self, x) -> None:
-        """Learn the ``nlist`` coarse centroids with k-means.
-
-        Parameters
-        ----------
-        x : array-like of shape (n, d)
-            Training vectors, n >= nlist; float32 or float64, any memory order.
-            "ip" and "cosine" use spherical k-means (unit-norm centroids).
-        """
-        from ..kmeans import KMeans
-        x = check_vectors(x, "x", d=self._d, owner=self._owner())
-        if x.shape[0] < self._nlist:
-            raise ValueError(f"x has {x.shape[0]} rows, but training IVFFlat(nlist="
-                             f"{self._nlist}) needs at least nlist rows.")
-        if len(self):
-            raise RuntimeError(f"IVFFlat.train: the index already holds {len(self)} "
-                               f"vectors; build a new index to retrain.")
-        km = KMeans(self._nlist, n_iter=self.n_iter, seed=self.seed,
-                    max_points_per_centroid=self.max_points_per_centroid,
-                    metric=self._metric, spherical=self._metric != "l2")
-        km.fit(x)
-        self._set_centroids(km.centroids)
-
-    def add(self, x, ids=None) -> None:
-        """Add vectors to their nearest lists.
-
-        Parameters
-        ----------
-        x : array-like of shape (n, d)
-        ids : array-like of shape (n,), int64, optional
-            Non-negative, unique and not already in the index. Default: consecutive
-            ids after the largest id ever added (0, 1, 2, ... for a fresh index).
-
-        Nothing is changed if any check fails.
-        """
-        self._check_trained("add")
-        x = check_vectors(x, "x", d=self._d, owner=self._owner())
-        n = x.shape[0]
-        if ids is None:
-            ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        else:
-            ids = check_ids(ids, n)
-            present = self._lists.contains(ids) if len(self) else np.zeros(n, bool)
-            if present.any():
-                bad = int(np.flatnonzero(present)[0])
-                raise ValueError(f"ids must not already be in the index; id {ids[bad]} "
-                                 f"(position {bad}) is. remove() it first.")
-        if n == 0:
-            return
-        if self._metric == "cosine":
-            x = _normalize(x)
-        _, labels = self._coarse(x, 1)
-        self._lists.add(np.ascontiguousarray(labels[:, 0]), ids, {"data": x})
-        self._next_id = max(self._next_id, int(ids.max()) + 1)
-
-    def remove(self, ids) -> int:
-        """Remove vectors by id; ids not in the index are ignored.
-
-        Parameters
-        ----------
-        ids : int or array-like of int
-
-        Returns
-        -------
-        int
-            How many vectors were removed.
-        """
-        arr = np.atleast_1d(np.asarray(ids))
-        if arr.size == 0:
-            return 0
-        if arr.dtype.kind not in "iu" or arr.ndim != 1:
-            raise TypeError(f"ids must be an integer or a 1-D array of integers; got "
-                            f"dtype {arr.dtype} and shape {arr.shape}.")
-        if arr.dtype.kind == "u":
-            arr = arr[arr <= np.iinfo(np.int64).max]
-        arr = np.ascontiguousarray(arr, dtype=np.int64)
-        arr = arr[arr >= 0]
-        return self._lists.remove(arr)
-
-    def reconstruct(self, id: int) -> np.ndarray:
-        """The stored vector of ``id``, ndarray of shape (d,), float32.
-
-        For "cosine" this is the normalised vector, as stored.
-        """
-        id = check_int("id", id)
-        row = self._lists.row_of(id) if id >= 0 else -1
-        if row < 0:
-            raise KeyError(f"id {id} is not in the index.")
-        return np.array(self._lists.payload["data"][row])
+        return super()._coarse(x, p)
 
     # -- search ----------------------------------------------------------------------
     def search(self, q, k: int, nprobe: int = 1, *, path: str = "auto"):
@@ -307,15 +123,24 @@ class IVFFlat:
             descending (-inf where missing).
         I : ndarray of shape (nq, k), int64
             Ids, -1 where fewer than k vectors were found. Ties by ascending id.
+
+        Notes
+        -----
+        One C-contiguous float32/float64 row with int ``k`` and ``nprobe`` (path "auto"
+        or "single") is searched by one fused kernel call, with results identical to
+        the same row searched as a batch; it uses one thread unless the probed lists
+        hold many rows (``IVF_ONE_QUERY_MIN_RUN`` in ``_config``).
         """
+        if path == "auto" or path == "single":
+            one = self._one_query(q, k, nprobe)
+            if one is not None:
+                out = self._search_one(*one)
+                if out is not None:
+                    return out
         self._check_trained("search")
-        q = check_vectors(q, "q", d=self._d, owner=self._owner(), allow_1d=True)
-        k = check_int("k", k, min_value=1)
-        nprobe = min(check_int("nprobe", nprobe, min_value=1), self._nlist)
+        q, k, nprobe = self._check_search(q, k, nprobe)
         check_choice("path", path, SEARCH_PATHS)
         nq = q.shape[0]
-        if self._metric == "cosine":
-            q = _normalize(q)
         out_d = np.empty((nq, k), dtype=np.float32)
         out_i = np.empty((nq, k), dtype=np.int64)
         if nq:
@@ -324,14 +149,25 @@ class IVFFlat:
             if path == "auto":
                 path = self._choose_path(nq, nprobe)
             self._scan(path, q, probes, out_d, out_i)
-        missing = out_i == ID_SENTINEL
-        out_i[missing] = -1
-        if self._metric == "l2":
-            out_d[missing] = np.inf
-        else:
-            np.negative(out_d, out=out_d)
-            out_d[missing] = -np.inf
-        return out_d, out_i
+        return self._finish(out_d, out_i)
+
+    def _search_one(self, q, k, nprobe):
+        """One query in one kernel call (see ``list_scan.search_one``); None if q holds
+        NaN or inf, so that the general path raises its error."""
+        L = self._lists
+        out_d = np.empty((1, k), dtype=np.float32)
+        out_i = np.empty((1, k), dtype=np.int64)
+        # Module globals read at call time, so tests can shrink the runs.
+        ok = list_scan.search_one(q, self._centroids_t, L.payload["data"], L.ids, L.starts, L.sizes,
+                                  self._metric_code, self._metric == "cosine", nprobe,
+                                  IVF_ONE_QUERY_MIN_RUN,
+                                  IVF_SINGLE_RUNS_PER_THREAD * _n_threads(),
+                                  out_d, out_i)
+        return (out_d, out_i) if ok else None
+
+    @property
+    def _metric_code(self) -> int:
+        return list_scan.METRIC_L2 if self._metric == "l2" else list_scan.METRIC_IP
 
     def _choose_path(self, nq: int, nprobe: int) -> str:
         if nq < _n_threads():
@@ -340,14 +176,6 @@ class IVFFlat:
                 and 4 * self._d >= IVF_LIST_MAJOR_MIN_ROW_BYTES):
             return "list_major"
         return "batch"
-
-    def _scan_rows_flat(self, q, data, ids, out_d, out_i):
-        """Top-k keys of each query over all rows of ``data`` (one flat list)."""
-        metric = list_scan.METRIC_L2 if self._metric == "l2" else list_scan.METRIC_IP
-        starts = np.zeros(1, dtype=np.int64)
-        sizes = np.full(1, data.shape[0], dtype=np.int64)
-        probes = np.zeros((q.shape[0], 1), dtype=np.int64)
-        self._scan_single(q, data, ids, starts, sizes, probes, metric, out_d, out_i)
 
     @staticmethod
     def _scan_single(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
@@ -365,7 +193,7 @@ class IVFFlat:
     def _scan(self, path, q, probes, out_d, out_i):
         L = self._lists
         data = L.payload["data"]
-        metric = list_scan.METRIC_L2 if self._metric == "l2" else list_scan.METRIC_IP
+        metric = self._metric_code
         if path == "batch":
             list_scan.scan_batch(q, data, L.ids, L.starts, L.sizes, probes, metric,
                                  out_d, out_i)
@@ -405,68 +233,11 @@ class IVFFlat:
             list_scan.merge_pairs(part_d, part_i, nprobe, out_d[q0:q1], out_i[q0:q1])
 
     # -- persistence -------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Write the index to ``path`` atomically (numba_ivf index file, no pickle).
-
-        Read it back with :func:`numba_ivf.load`.
-        """
-        from ..persistence.format import write_index_file
-        params = {"d": self._d, "nlist": self._nlist, "metric": self._metric,
-                  "n_iter": self.n_iter, "seed": self.seed,
-                  "max_points_per_centroid": self.max_points_per_centroid,
-                  "next_id": self._next_id, "ntotal": len(self),
-                  "trained": self.is_trained}
-        arrays = {}
-        if self.is_trained:
-            starts, sizes, ids, payload = self._lists.compact_arrays()
-            arrays = {"centroids": self._centroids, "list_starts": starts,
-                      "list_sizes": sizes, "ids": ids, "data": payload["data"]}
-        write_index_file(os.fspath(path), self.kind, params, arrays)
-
-    @classmethod
-    def _from_file(cls, f) -> "IVFFlat":
-        from ..persistence.format import IndexFileError
-
-        def bad(problem):
-            return IndexFileError(f"'{f.path}': inconsistent IVFFlat file: {problem}")
-
-        p = f.params
-        try:
-            index = cls(p["d"], p["nlist"], p["metric"], n_iter=p["n_iter"],
-                        seed=p["seed"],
-                        max_points_per_centroid=p["max_points_per_centroid"])
-            next_id = check_int("next_id", p["next_id"], min_value=0)
-            trained = bool(p["trained"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise bad(f"bad or missing parameter ({exc})") from None
-        if not trained:
-            return index
-        a = f.arrays
-        d, nlist = index.d, index.nlist
-        expect = {"centroids": ((nlist, d), np.float32),
-                  "list_starts": ((nlist,), np.int64), "list_sizes": ((nlist,), np.int64),
-                  "ids": (None, np.int64), "data": (None, np.float32)}
-        for name, (shape, dtype) in expect.items():
-            if name not in a:
-                raise bad(f"array {name!r} is missing")
-            arr = a[name]
-            if arr.dtype != dtype or (shape is not None and arr.shape != shape):
-                raise bad(f"array {name!r} has dtype {arr.dtype} and shape {arr.shape}, "
-                          f"expected {np.dtype(dtype)} and {shape or '(n, ...)'}")
+    def _load_arrays(self, a, bad) -> None:
         n = a["ids"].shape[0]
-        if a["data"].shape != (n, d):
-            raise bad(f"array 'data' has shape {a['data'].shape}, expected ({n}, {d})")
-        starts, sizes = a["list_starts"], a["list_sizes"]
-        if (sizes < 0).any() or (starts < 0).any() or (starts + sizes > n).any() \
-                or int(sizes.sum()) != n:
-            raise bad("list_starts/list_sizes do not tile the stored rows")
-        if not np.isfinite(a["centroids"]).all():
-            raise bad("centroids contain NaN or infinity")
-        index._set_centroids(np.array(a["centroids"]))
-        index._lists = InvertedLists.from_arrays(starts, sizes, a["ids"],
-                                                 {"data": a["data"]})
-        index._next_id = next_id
-        return index
+        if "data" not in a or a["data"].dtype != np.float32 or \
+                a["data"].shape != (n, self._d):
+            raise bad(f"array 'data' missing or not float32 of shape ({n}, {self._d})")
 
 
 register_kind("IVFFlat", IVFFlat._from_file)

@@ -16,6 +16,12 @@ work is split and how the top-k heaps are owned:
 * ``single``     -- for one query at a time: the probed lists are cut into equal runs of
   rows, prange over runs, each with its own heap, then one merge.
 
+``search_one`` is the one-query path in a single call: finiteness check, float32
+conversion, cosine normalisation, the coarse scan over the centroids, the list scan
+(serial, or the ``single`` plan when the probed rows are many) and the FAISS-convention
+result. Every step uses the same workers as the batch path, so the results are identical
+to searching the same row as a (1, d) batch.
+
 Keys are minimised: squared L2 distance, or the negated inner product (exact), with ties
 to the lower id (see ``topk``). The Python wrappers in ``numba_ivf.ivf.flat`` validate;
 these functions trust their inputs.
@@ -27,10 +33,10 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH
-from .topk import heap_init, heap_push, heap_sort, merge_one
+from .topk import ID_SENTINEL, heap_init, heap_push, heap_sort, merge_one
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major", "scan_single",
-           "list_groups"]
+           "list_groups", "normalize_rows_into", "coarse_few", "search_one"]
 
 _FM = set(FASTMATH)  # numba wants a set, not a frozenset
 
@@ -73,6 +79,19 @@ def _scan_rows(q, data, ids, lo, hi, metric, hd, hi_):
 
 # -- batch: parallel over queries -------------------------------------------------------
 
+@njit(cache=True, fastmath=_FM)
+def _scan_query(q, data, ids, starts, sizes, lists, metric, hd, hi_):
+    """Sorted top-k of one query over its probed ``lists`` (-1 = skip) into (hd, hi_)."""
+    heap_init(hd, hi_)
+    for p in range(lists.shape[0]):
+        lst = lists[p]
+        if lst < 0:
+            continue
+        s = starts[lst]
+        _scan_rows(q, data, ids, s, s + sizes[lst], metric, hd, hi_)
+    heap_sort(hd, hi_)
+
+
 @njit(cache=True, parallel=True, fastmath=_FM)
 def scan_batch(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
     """Top-k of each query over its probed lists; prange over queries.
@@ -81,16 +100,8 @@ def scan_batch(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
     out_d (nq, k) float32 keys ascending, out_i (nq, k) int64 (ID_SENTINEL padding).
     """
     for qi in prange(q.shape[0]):
-        hd = out_d[qi]
-        hi_ = out_i[qi]
-        heap_init(hd, hi_)
-        for p in range(probes.shape[1]):
-            lst = probes[qi, p]
-            if lst < 0:
-                continue
-            s = starts[lst]
-            _scan_rows(q[qi], data, ids, s, s + sizes[lst], metric, hd, hi_)
-        heap_sort(hd, hi_)
+        _scan_query(q[qi], data, ids, starts, sizes, probes[qi], metric, out_d[qi],
+                    out_i[qi])
 
 
 @njit(cache=True, fastmath=_FM)
@@ -98,19 +109,31 @@ def scan_serial(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
     """``scan_batch`` on the calling thread only: for work too small to pay for a
     parallel launch (one query over a few short lists)."""
     for qi in range(q.shape[0]):
-        hd = out_d[qi]
-        hi_ = out_i[qi]
-        heap_init(hd, hi_)
-        for p in range(probes.shape[1]):
-            lst = probes[qi, p]
-            if lst < 0:
-                continue
-            s = starts[lst]
-            _scan_rows(q[qi], data, ids, s, s + sizes[lst], metric, hd, hi_)
-        heap_sort(hd, hi_)
+        _scan_query(q[qi], data, ids, starts, sizes, probes[qi], metric, out_d[qi],
+                    out_i[qi])
 
 
 # -- single query: parallel over runs of its probed rows --------------------------------
+
+@njit(cache=True, fastmath=_FM)
+def _scan_run(q, data, ids, starts, lists, cum, lo, hi, metric, hd, hi_):
+    """Top-k of rows [lo, hi) of the concatenation of the probed ``lists`` (in probe
+    order; cum[p] rows precede probe p) into a fresh heap (hd, hi_). Serial worker of
+    the run-split plans; a run may begin or end inside a list."""
+    heap_init(hd, hi_)
+    nprobe = lists.shape[0]
+    p = 0
+    while p < nprobe and cum[p + 1] <= lo:
+        p += 1
+    pos = lo
+    while pos < hi:
+        take_hi = min(hi, cum[p + 1])
+        if take_hi > pos:
+            s = starts[lists[p]] + (pos - cum[p])
+            _scan_rows(q, data, ids, s, s + (take_hi - pos), metric, hd, hi_)
+            pos = take_hi
+        p += 1
+
 
 @njit(cache=True, parallel=True, fastmath=_FM)
 def scan_single(q, data, ids, starts, sizes, probes, metric, n_runs, out_d, out_i):
@@ -124,30 +147,16 @@ def scan_single(q, data, ids, starts, sizes, probes, metric, n_runs, out_d, out_
     k = out_d.shape[1]
     part_d = np.empty((n_runs, k), dtype=np.float32)
     part_i = np.empty((n_runs, k), dtype=np.int64)
-    cum = np.zeros(nprobe + 1, dtype=np.int64)
+    cum = np.empty(nprobe + 1, dtype=np.int64)  # not np.zeros: see search_one
+    cum[0] = 0
     for qi in range(q.shape[0]):
         for p in range(nprobe):
             lst = probes[qi, p]
             cum[p + 1] = cum[p] + (sizes[lst] if lst >= 0 else 0)
         total = cum[nprobe]
         for r in prange(n_runs):
-            hd = part_d[r]
-            hi_ = part_i[r]
-            heap_init(hd, hi_)
-            lo = total * r // n_runs
-            hi = total * (r + 1) // n_runs
-            p = 0
-            while p < nprobe and cum[p + 1] <= lo:
-                p += 1
-            pos = lo
-            while pos < hi:
-                lst = probes[qi, p]
-                take_hi = min(hi, cum[p + 1])
-                if take_hi > pos:
-                    s = starts[lst] + (pos - cum[p])
-                    _scan_rows(q[qi], data, ids, s, s + (take_hi - pos), metric, hd, hi_)
-                    pos = take_hi
-                p += 1
+            _scan_run(q[qi], data, ids, starts, probes[qi], cum, total * r // n_runs,
+                      total * (r + 1) // n_runs, metric, part_d[r], part_i[r])
         merge_one(part_d, part_i, out_d[qi], out_i[qi])
 
 
@@ -201,3 +210,128 @@ def merge_pairs(part_d, part_i, nprobe, out_d, out_i):
     for qi in prange(out_d.shape[0]):
         merge_one(part_d[qi * nprobe:(qi + 1) * nprobe],
                   part_i[qi * nprobe:(qi + 1) * nprobe], out_d[qi], out_i[qi])
+
+
+# -- cosine normalisation: one definition for every path -----------------------------
+
+@njit(cache=True)
+def _unit_row(src, dst):
+    """dst = src / ||src|| (float64 sum and division, then float32; zero rows stay zero).
+
+    Deliberately not fastmath and not inlined (inlining would give it the caller's
+    flags): the batch path and ``search_one`` must round every query the same way.
+    """
+    s = 0.0
+    for t in range(src.shape[0]):
+        v = np.float64(src[t])
+        s += v * v
+    norm = np.sqrt(s)
+    if norm == 0.0:
+        norm = 1.0
+    for t in range(src.shape[0]):
+        dst[t] = np.float32(np.float64(src[t]) / norm)
+
+
+@njit(cache=True)
+def normalize_rows_into(x, out):
+    """out[i] = x[i] / ||x[i]|| in float32 (see ``_unit_row``); x (n, d) float32/64."""
+    for i in range(x.shape[0]):
+        _unit_row(x[i], out[i])
+
+
+# -- coarse step for a few queries: a GEMV over the transposed centroids --------------
+
+@njit(cache=True, fastmath=_FM)
+def _coarse_one(qf, cent_t, metric, scores, pd, pl):
+    """The len(pd) best lists of one float32 query, best first, into (pd, pl).
+
+    cent_t is (d, nlist): the inner loop runs over centroids, so it vectorises with no
+    per-centroid horizontal sum, and each key is summed over features in order (the
+    outer loop), so its bits do not depend on how LLVM vectorises. Not inlined: every
+    caller runs this same machine code, which keeps the paths bit-identical.
+    """
+    d, nlist = cent_t.shape
+    for j in range(nlist):
+        scores[j] = 0.0
+    if metric == METRIC_L2:
+        for t in range(d):
+            qt = qf[t]
+            for j in range(nlist):
+                diff = qt - cent_t[t, j]
+                scores[j] += diff * diff
+    else:
+        for t in range(d):
+            qt = qf[t]
+            for j in range(nlist):
+                scores[j] -= qt * cent_t[t, j]
+    heap_init(pd, pl)
+    for j in range(nlist):
+        if scores[j] <= pd[0]:
+            heap_push(pd, pl, scores[j], j)
+    heap_sort(pd, pl)
+
+
+@njit(cache=True)
+def coarse_few(q, cent_t, metric, out_d, out_i):
+    """``_coarse_one`` for each row of q (nq, d) float32 (a few queries, serial)."""
+    scores = np.empty(cent_t.shape[1], dtype=np.float32)
+    for qi in range(q.shape[0]):
+        _coarse_one(q[qi], cent_t, metric, scores, out_d[qi], out_i[qi])
+
+
+# -- one query, one call ------------------------------------------------------------
+
+@njit(cache=True, parallel=True, fastmath=_FM)
+def search_one(q, cent_t, data, ids, starts, sizes, metric, unit, nprobe, min_run,
+               max_runs, out_d, out_i):
+    """Search one query end to end; returns False, writing nothing, if q is not finite.
+
+    q (d,) float32 or float64, C-contiguous; cent_t (d, nlist) the transposed
+    centroids; unit: normalise q first (cosine);
+    nprobe <= nlist. Runs of at least ``min_run`` rows of 64 features (at most
+    ``max_runs``) decide whether the scan is split over threads, exactly as the
+    ``single`` plan is sized. (The thread count is an argument: numba.get_num_threads()
+    inside a kernel defeats the on-disk cache.) Writes out_d (1, k) float32 in the
+    FAISS convention (L2 ascending / +inf padding, scores descending / -inf padding)
+    and out_i (1, k) int64 (-1 padding).
+    """
+    d = q.shape[0]
+    for t in range(d):
+        if not np.isfinite(q[t]):
+            return False
+    qf = np.empty(d, dtype=np.float32)
+    for t in range(d):
+        qf[t] = np.float32(q[t])    # the batch path converts to float32 first, too
+    if unit:
+        _unit_row(qf, qf)
+    # Coarse step: as the batch path does it for a few queries (coarse_few).
+    pd = np.empty(nprobe, dtype=np.float32)
+    pl = np.empty(nprobe, dtype=np.int64)
+    _coarse_one(qf, cent_t, metric, np.empty(cent_t.shape[1], dtype=np.float32), pd, pl)
+    hd = out_d[0]
+    hi_ = out_i[0]
+    # np.empty, not np.zeros: under parallel=True np.zeros becomes a parallel region,
+    # and waking the pool for it costs more than this whole search.
+    cum = np.empty(nprobe + 1, dtype=np.int64)
+    cum[0] = 0
+    for p in range(nprobe):   # nprobe <= nlist: every probe is a real list
+        cum[p + 1] = cum[p] + sizes[pl[p]]
+    total = cum[nprobe]
+    n_runs = min(total * max(d, 64) // (64 * min_run), max_runs)
+    if n_runs <= 1:  # too little work to pay for waking the other threads
+        _scan_query(qf, data, ids, starts, sizes, pl, metric, hd, hi_)
+    else:
+        k = hd.shape[0]
+        part_d = np.empty((n_runs, k), dtype=np.float32)
+        part_i = np.empty((n_runs, k), dtype=np.int64)
+        for r in prange(n_runs):
+            _scan_run(qf, data, ids, starts, pl, cum, total * r // n_runs,
+                      total * (r + 1) // n_runs, metric, part_d[r], part_i[r])
+        merge_one(part_d, part_i, hd, hi_)
+    for j in range(hd.shape[0]):
+        if hi_[j] == ID_SENTINEL:
+            hi_[j] = -1
+            hd[j] = np.inf if metric == METRIC_L2 else -np.inf
+        elif metric != METRIC_L2:
+            hd[j] = -hd[j]
+    return True

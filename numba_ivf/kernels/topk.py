@@ -52,29 +52,17 @@ def heap_push(hd, hi, d, i):
     a replace-root-and-sift-down. Returns nothing; the caller may read ``hd[0]`` as
     the current admission threshold.
     """
-    k = hd.shape[0]
     if not _worse(hd[0], hi[0], d, i):
         return
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= k:
-            break
-        right = child + 1
-        if right < k and _worse(hd[right], hi[right], hd[child], hi[child]):
-            child = right
-        if _worse(hd[child], hi[child], d, i):
-            hd[pos] = hd[child]
-            hi[pos] = hi[child]
-            pos = child
-        else:
-            break
-    hd[pos] = d
-    hi[pos] = i
+    hd[0] = d
+    hi[0] = i
+    _sift_down(hd, hi, 0, hd.shape[0])
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True, fastmath=_FM, inline="always")
 def _sift_down(hd, hi, pos, n):
+    """Move (hd[pos], hi[pos]) down the first n entries until both children rank
+    before it."""
     d = hd[pos]
     i = hi[pos]
     while True:
