@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import numba_ivf
 from numba_ivf.kernels import fastscan
@@ -86,6 +88,42 @@ def test_fastscan_equals_quantized_oracle(nbits, metric, by_residual, nprobe, da
         assert (Ik == ids).all()
         expect = keys if metric == "l2" else -keys
         np.testing.assert_array_equal(Dk, expect)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 300), nprobe=st.integers(1, 5),
+       spread=st.floats(1e-3, 1e4), constant=st.booleans())
+def test_shared_scale_tables_equal_oracle_and_never_overflow(seed, m, nprobe, spread,
+                                                             constant):
+    # The per-query shared scale (L2 by residual): same codes, biases and scale as the
+    # oracle, entries <= 255 and every code's sum <= 65535 (m up to 300: both terms of
+    # the scale's min bind somewhere); constant rows give scale 1 and zero tables.
+    from numba_ivf.kernels import fastscan_search as fs
+    rng = np.random.default_rng(seed)
+    qlut = (rng.standard_normal((m, 16)) * spread).astype(np.float32)
+    term = (rng.standard_normal((nprobe, m, 16)) * spread
+            * rng.uniform(0, 2, (nprobe, 1, 1))).astype(np.float32)
+    if constant:
+        qlut[:] = qlut[:, :1]
+        term[:] = term[:, :, :1]
+    probes = np.arange(nprobe, dtype=np.int64)
+    sizes = np.ones(nprobe, dtype=np.int64)
+    lo = np.empty((nprobe, m), dtype=np.float32)
+    hi = np.empty(m, dtype=np.float32)
+    scale = fs.query_scale(qlut, term, probes, sizes, lo, hi)
+    u8s, biases, ref_scale = naive.shared_scale_tables([qlut + term[p]
+                                                         for p in range(nprobe)])
+    assert scale == ref_scale
+    if constant:
+        assert scale == 1.0
+    for p in range(nprobe):
+        out = np.zeros((2 * ((m + 1) // 2), 16), dtype=np.uint8)
+        fs._quantize_pair(qlut, term[p], lo[p], scale, out)
+        np.testing.assert_array_equal(out, u8s[p])
+        assert fs._pair_bias(lo[p]) == biases[p]
+        assert int(out.max(axis=1).astype(np.int64).sum()) <= 65535
+        if constant:
+            assert not out.any()
 
 
 def test_residual_decomposition_equals_plain_residual_tables(data):

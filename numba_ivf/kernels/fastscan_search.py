@@ -11,13 +11,20 @@ Per (query, probed list):
 1. float table ``lut`` (m, 16), "smaller is better": ``qlut[q] + term[l]`` for L2 by
    residual, else ``qlut[q]`` itself (then the quantized table is shared by every list
    of the query and built once);
-2. ``quantize_lut_into`` -> uint8 table, ``bias``, ``scale``;
+2. uint8 table, ``bias``, ``scale``: with ``term`` (L2 by residual) all the probed
+   tables of a query share ONE scale (FAISS's scheme, see "per-query shared scale"
+   below) and each list has its own bias; otherwise ``quantize_lut_into`` once per
+   query;
 3. the k-th best key so far, minus the pair's ``base``, goes to the uint16 domain with
    ``lut_threshold`` (conservative: no vector whose dequantized key could enter the heap
    is dropped); ``accumulate_block_below`` returns the lanes under it from the SIMD
    registers; only those lanes are dequantized,
    ``key = float32(base + (bias + sum / scale))``, and offered to the heap; the threshold
    is tightened after every block that changed the heap.
+
+Lists whose smallest possible key ``float32(base + bias)`` is already above the k-th
+best key are skipped before their table is quantized (the heap could not change), so
+far probes of a query cost only their row-minima pass.
 
 The dequantized keys are what is returned (or re-ranked exactly by the caller).
 
@@ -31,11 +38,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH
+from .._config import FASTMATH, FASTSCAN_ACC_MAX
 from .fastscan import accumulate_block_below, lut_threshold, quantize_lut_into
 from .topk import heap_init, heap_push, heap_sort, merge_one
 
-__all__ = ["fastscan_batch", "fastscan_serial", "fastscan_single", "dequantize"]
+__all__ = ["fastscan_batch", "fastscan_serial", "fastscan_single", "dequantize",
+           "query_scale", "scan_query", "shared_scale"]
 
 _FM = set(FASTMATH)
 
@@ -78,14 +86,147 @@ def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, m, hd, hi
             thr = lut_threshold(np.float64(hd[0]) - base, bias, scale, m)
 
 
+# -- per-query shared scale (L2 by residual: one float table per probed list) ----------
+#
+# FAISS's scheme: the pair tables lut_p = qlut + term[l_p] of one query are quantized
+# with ONE scale s shared by all its probed lists and a per-list bias (the sum of the
+# row minima). s = min(255 / max_{p,j} r_pj, (A - m/2) / max_p sum_j r_pj) with r_pj
+# the span of row j of lut_p, so every bound of ``quantize_lut_into`` holds for every
+# list (each list's span sum is <= the maximum). Pass 1 finds the row minima and spans,
+# pass 2 rebuilds each table (m * 16 adds, cheaper than keeping nprobe tables around)
+# and quantizes it. The arithmetic that decides codes and keys is compiled WITHOUT
+# fastmath (no contraction into FMAs, no reassociated sums) so the oracle in
+# tests/naive/ivfpq.py replays it bit for bit; min / max are exact in any order, so the
+# row extrema pass may vectorise freely.
+
+
 @njit(cache=True, fastmath=_FM)
-def _pair_table(qlut, term, lst, lut_f, lut_u8):
-    """lut_f = qlut + term[lst], quantized into lut_u8; returns (bias, scale)."""
+def _pair_minmax(qlut, term_l, lo, hi):
+    """lo[j], hi[j] = min, max over c of the float32 sum qlut[j, c] + term_l[j, c].
+
+    Written as a halving tree over the 16 entries (8, 4, 2, 1 independent min/max) so
+    that it vectorises without ``nnan`` (a running-min loop is a reduction LLVM keeps
+    scalar unless NaNs are ruled out).
+    """
+    for j in range(qlut.shape[0]):
+        a0 = min(qlut[j, 0] + term_l[j, 0], qlut[j, 8] + term_l[j, 8])
+        b0 = max(qlut[j, 0] + term_l[j, 0], qlut[j, 8] + term_l[j, 8])
+        a1 = min(qlut[j, 1] + term_l[j, 1], qlut[j, 9] + term_l[j, 9])
+        b1 = max(qlut[j, 1] + term_l[j, 1], qlut[j, 9] + term_l[j, 9])
+        a2 = min(qlut[j, 2] + term_l[j, 2], qlut[j, 10] + term_l[j, 10])
+        b2 = max(qlut[j, 2] + term_l[j, 2], qlut[j, 10] + term_l[j, 10])
+        a3 = min(qlut[j, 3] + term_l[j, 3], qlut[j, 11] + term_l[j, 11])
+        b3 = max(qlut[j, 3] + term_l[j, 3], qlut[j, 11] + term_l[j, 11])
+        a4 = min(qlut[j, 4] + term_l[j, 4], qlut[j, 12] + term_l[j, 12])
+        b4 = max(qlut[j, 4] + term_l[j, 4], qlut[j, 12] + term_l[j, 12])
+        a5 = min(qlut[j, 5] + term_l[j, 5], qlut[j, 13] + term_l[j, 13])
+        b5 = max(qlut[j, 5] + term_l[j, 5], qlut[j, 13] + term_l[j, 13])
+        a6 = min(qlut[j, 6] + term_l[j, 6], qlut[j, 14] + term_l[j, 14])
+        b6 = max(qlut[j, 6] + term_l[j, 6], qlut[j, 14] + term_l[j, 14])
+        a7 = min(qlut[j, 7] + term_l[j, 7], qlut[j, 15] + term_l[j, 15])
+        b7 = max(qlut[j, 7] + term_l[j, 7], qlut[j, 15] + term_l[j, 15])
+        a0, a1, a2, a3 = min(a0, a4), min(a1, a5), min(a2, a6), min(a3, a7)
+        b0, b1, b2, b3 = max(b0, b4), max(b1, b5), max(b2, b6), max(b3, b7)
+        lo[j] = min(min(a0, a2), min(a1, a3))
+        hi[j] = max(max(b0, b2), max(b1, b3))
+
+
+@njit(cache=True)
+def _span_stats(lo, hi):
+    """(max_j r_j, sum_j r_j) with r_j = float64(hi[j]) - float64(lo[j]), in order."""
+    rmax = 0.0
+    rsum = 0.0
+    for j in range(lo.shape[0]):
+        r = np.float64(hi[j]) - np.float64(lo[j])
+        rmax = max(rmax, r)
+        rsum += r
+    return rmax, rsum
+
+
+@njit(cache=True)
+def shared_scale(rmax, rsum, m):
+    """The quantization scale shared by a query's lists (1 when every row is constant)."""
+    if rsum > 0.0:
+        return min(255.0 / rmax, (FASTSCAN_ACC_MAX - 0.5 * m) / rsum)
+    return 1.0
+
+
+@njit(cache=True)
+def _quantize_pair(qlut, term_l, lo, scale, out_u8):
+    """out_u8[j, c] = floor((float64(qlut + term_l)[j, c] - lo[j]) * scale + 0.5).
+    Padding rows stay as set.
+
+    One flat loop over the m * 16 entries: LLVM vectorises it (with a runtime overlap
+    check), whereas a 16-trip inner loop is unrolled first and then stays scalar because
+    the stores might alias the table loads.
+    """
     m = qlut.shape[0]
-    for j in range(m):
-        for c in range(16):
-            lut_f[j, c] = qlut[j, c] + term[lst, j, c]
-    return quantize_lut_into(lut_f, lut_u8)
+    fq = qlut.reshape(m * 16)
+    ft = term_l.reshape(m * 16)
+    fo = out_u8.reshape(out_u8.shape[0] * 16)
+    for i in range(m * 16):
+        v = np.float64(fq[i] + ft[i])
+        # x >= 0.5, so truncation is floor (and vectorises, unlike np.floor)
+        fo[i] = np.uint8(np.int32((v - np.float64(lo[i >> 4])) * scale + 0.5))
+
+
+@njit(cache=True)
+def _pair_bias(lo):
+    """The list's bias sum_j lo[j] (float64, in order)."""
+    bias = 0.0
+    for j in range(lo.shape[0]):
+        bias += np.float64(lo[j])
+    return bias
+
+
+@njit(cache=True)
+def query_scale(qlut, term, probes_q, sizes, lo, hi):
+    """Pass 1 for one query: row minima of every probed list into lo[p] and the shared
+    scale. Skipped probes (-1 or empty list) do not count."""
+    rmax = 0.0
+    rsum = 0.0
+    for p in range(probes_q.shape[0]):
+        lst = probes_q[p]
+        if lst < 0 or sizes[lst] == 0:
+            continue
+        _pair_minmax(qlut, term[lst], lo[p], hi)
+        a, s = _span_stats(lo[p], hi)
+        rmax = max(rmax, a)
+        rsum = max(rsum, s)
+    return shared_scale(rmax, rsum, qlut.shape[0])
+
+
+@njit(cache=True, fastmath=_FM)
+def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_term, lo,
+               hi, lut_u8, acc, hd, hi_, backend):
+    """All probed lists of one query into its heap (hd, hi_); the serial worker.
+
+    lo (nprobe, m) float32, hi (m,) float32, lut_u8 (2*ceil(m/2), 16) uint8 whose
+    padding row is zero, acc (32,) uint16 are scratch.
+    """
+    m = qlut.shape[0]
+    heap_init(hd, hi_)
+    if use_term:
+        scale = query_scale(qlut, term, probes_q, sizes, lo, hi)
+        bias = 0.0
+    else:
+        bias, scale = quantize_lut_into(qlut, lut_u8)
+    for p in range(probes_q.shape[0]):
+        lst = probes_q[p]
+        if lst < 0 or sizes[lst] == 0:
+            continue
+        if use_term:
+            bias = _pair_bias(lo[p])
+        # Every key of the list is float32(base + (bias + s / scale)) with s >= 0, so
+        # >= float32(base + bias): a list whose floor is above the k-th best key cannot
+        # change the heap, and neither its table nor its blocks are needed.
+        if np.float32(np.float64(base_q[p]) + bias) > hd[0]:
+            continue
+        if use_term:
+            _quantize_pair(qlut, term[lst], lo[p], scale, lut_u8)
+        scan_list_blocks(packed, ids, starts[lst], sizes[lst], lut_u8, bias, scale,
+                         base_q[p], m, hd, hi_, acc, backend)
+    heap_sort(hd, hi_)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -102,24 +243,12 @@ def fastscan_batch(packed, ids, starts, sizes, probes, base, qluts, term, use_te
     m = qluts.shape[1]
     m2 = (m + 1) // 2
     for qi in prange(nq):
-        lut_f = np.empty((m, 16), dtype=np.float32)
-        lut_u8 = np.empty((2 * m2, 16), dtype=np.uint8)
+        lo = np.empty((nprobe, m), dtype=np.float32)
+        hi = np.empty(m, dtype=np.float32)
+        lut_u8 = np.zeros((2 * m2, 16), dtype=np.uint8)
         acc = np.empty(32, dtype=np.uint16)
-        hd = out_d[qi]
-        hi_ = out_i[qi]
-        heap_init(hd, hi_)
-        bias, scale = 0.0, 1.0
-        if not use_term:
-            bias, scale = quantize_lut_into(qluts[qi], lut_u8)
-        for p in range(nprobe):
-            lst = probes[qi, p]
-            if lst < 0 or sizes[lst] == 0:
-                continue
-            if use_term:
-                bias, scale = _pair_table(qluts[qi], term, lst, lut_f, lut_u8)
-            scan_list_blocks(packed, ids, starts[lst], sizes[lst], lut_u8, bias, scale,
-                             base[qi, p], m, hd, hi_, acc, backend)
-        heap_sort(hd, hi_)
+        scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qluts[qi], term,
+                   use_term, lo, hi, lut_u8, acc, out_d[qi], out_i[qi], backend)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -127,7 +256,8 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_t
                     out_d, out_i, backend):
     """``fastscan_batch`` for few queries: each query prange's over its probed lists.
 
-    Probe p owns row p of the partial top-k and table buffers; partials are merged.
+    The shared scale (pass 1) is found serially; probe p then owns row p of the partial
+    top-k and table buffers; partials are merged.
     """
     nq, nprobe = probes.shape
     m = qluts.shape[1]
@@ -135,13 +265,16 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_t
     k = out_d.shape[1]
     part_d = np.empty((nprobe, k), dtype=np.float32)
     part_i = np.empty((nprobe, k), dtype=np.int64)
-    lut_f = np.empty((nprobe, m, 16), dtype=np.float32)
-    lut_u8 = np.empty((nprobe, 2 * m2, 16), dtype=np.uint8)
+    lo = np.empty((nprobe, m), dtype=np.float32)
+    hi = np.empty(m, dtype=np.float32)
+    lut_u8 = np.zeros((nprobe, 2 * m2, 16), dtype=np.uint8)
     acc = np.empty((nprobe, 32), dtype=np.uint16)
-    shared_u8 = np.empty((2 * m2, 16), dtype=np.uint8)
+    shared_u8 = np.zeros((2 * m2, 16), dtype=np.uint8)
     for qi in range(nq):
         sbias, sscale = 0.0, 1.0
-        if not use_term:
+        if use_term:
+            sscale = query_scale(qluts[qi], term, probes[qi], sizes, lo, hi)
+        else:
             sbias, sscale = quantize_lut_into(qluts[qi], shared_u8)
         for p in prange(nprobe):
             heap_init(part_d[p], part_i[p])
@@ -149,9 +282,10 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_t
             if lst < 0 or sizes[lst] == 0:
                 continue
             if use_term:
-                bias, scale = _pair_table(qluts[qi], term, lst, lut_f[p], lut_u8[p])
+                bias = _pair_bias(lo[p])
+                _quantize_pair(qluts[qi], term[lst], lo[p], sscale, lut_u8[p])
                 scan_list_blocks(packed, ids, starts[lst], sizes[lst], lut_u8[p], bias,
-                                 scale, base[qi, p], m, part_d[p], part_i[p], acc[p],
+                                 sscale, base[qi, p], m, part_d[p], part_i[p], acc[p],
                                  backend)
             else:
                 scan_list_blocks(packed, ids, starts[lst], sizes[lst], shared_u8, sbias,
@@ -167,22 +301,10 @@ def fastscan_serial(packed, ids, starts, sizes, probes, base, qluts, term, use_t
     nq, nprobe = probes.shape
     m = qluts.shape[1]
     m2 = (m + 1) // 2
-    lut_f = np.empty((m, 16), dtype=np.float32)
-    lut_u8 = np.empty((2 * m2, 16), dtype=np.uint8)
+    lo = np.empty((nprobe, m), dtype=np.float32)
+    hi = np.empty(m, dtype=np.float32)
+    lut_u8 = np.zeros((2 * m2, 16), dtype=np.uint8)
     acc = np.empty(32, dtype=np.uint16)
     for qi in range(nq):
-        hd = out_d[qi]
-        hi_ = out_i[qi]
-        heap_init(hd, hi_)
-        bias, scale = 0.0, 1.0
-        if not use_term:
-            bias, scale = quantize_lut_into(qluts[qi], lut_u8)
-        for p in range(nprobe):
-            lst = probes[qi, p]
-            if lst < 0 or sizes[lst] == 0:
-                continue
-            if use_term:
-                bias, scale = _pair_table(qluts[qi], term, lst, lut_f, lut_u8)
-            scan_list_blocks(packed, ids, starts[lst], sizes[lst], lut_u8, bias, scale,
-                             base[qi, p], m, hd, hi_, acc, backend)
-        heap_sort(hd, hi_)
+        scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qluts[qi], term,
+                   use_term, lo, hi, lut_u8, acc, out_d[qi], out_i[qi], backend)

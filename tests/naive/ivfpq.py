@@ -1,6 +1,8 @@
 """Oracles for IVF-PQ search: plain loops, float64 (except where the kernel's float32
 table and key formulas must be replayed bit for bit), exact tie order (key, then id)."""
 
+import math
+
 import numpy as np
 
 from tests.naive.fastscan import quantize_lut
@@ -52,10 +54,45 @@ def adc_search(index, q, k):
     return D, I
 
 
+def shared_scale_tables(luts):
+    """Quantize the float32 pair tables (m, 16) of one query's probed lists with one
+    shared scale (the kernel's L2-by-residual scheme): per-table row minima, row spans
+    r = hi - lo in float64, scale = min(255 / max r, (65535 - m/2) / max_table sum r)
+    (1 if every span is 0), q = floor((x - lo) * scale + 0.5), bias = sum of minima.
+    Returns ([lut_u8], [bias], scale)."""
+    m = luts[0].shape[0] if luts else 1
+    rmax, rsum_max, mins = 0.0, 0.0, []
+    for lut in luts:
+        lo = [min(float(v) for v in lut[j]) for j in range(m)]
+        rsum = 0.0
+        for j in range(m):
+            r = max(float(v) for v in lut[j]) - lo[j]
+            rmax = max(rmax, r)
+            rsum += r
+        rsum_max = max(rsum_max, rsum)
+        mins.append(lo)
+    scale = min(255.0 / rmax, (65535 - 0.5 * m) / rsum_max) if rsum_max > 0 else 1.0
+    out, biases = [], []
+    for lut, lo in zip(luts, mins):
+        u8 = np.zeros((2 * ((m + 1) // 2), 16), dtype=np.uint8)
+        for j in range(m):
+            for c in range(16):
+                u8[j, c] = int(math.floor((float(lut[j, c]) - lo[j]) * scale + 0.5))
+        bias = 0.0
+        for v in lo:
+            bias += v
+        out.append(u8)
+        biases.append(bias)
+    return out, biases, scale
+
+
 def fastscan_search(index, qn, probes, base, qluts, term, use_term, k):
     """Quantized fast-scan search replayed with plain loops from the kernel's own float32
-    tables: per (query, list) table qlut (+ term[list]), reference quantization, exact
-    integer sums of the stored codes, key = float32(base + (bias + sum / scale)).
+    tables. L2 by residual (use_term): pair tables qlut + term[list] (float32 add), all
+    of a query's non-empty probed lists quantized with one shared scale
+    (``shared_scale_tables``); otherwise the query's one table qlut with the reference
+    per-table quantization. Exact integer sums of the stored codes,
+    key = float32(base + (bias + sum / scale)).
     Returns minimised keys (nq, k) float32 and ids (nq, k) (-1 padding)."""
     codes = stored_codes(index)
     by_list = {}
@@ -64,11 +101,17 @@ def fastscan_search(index, qn, probes, base, qluts, term, use_term, k):
     keys = np.zeros((len(qn), k), dtype=np.float32)
     ids = np.zeros((len(qn), k), dtype=np.int64)
     for qi in range(len(qn)):
+        live = [(p, int(lst)) for p, lst in enumerate(probes[qi])
+                if lst >= 0 and int(lst) in by_list]
+        if use_term:
+            u8s, biases, scale = shared_scale_tables([qluts[qi] + term[lst]
+                                                      for _, lst in live])
+        else:
+            u8, bias, scale = quantize_lut(qluts[qi])
+            u8s, biases = [u8] * len(live), [bias] * len(live)
         pairs = []
-        for p, lst in enumerate(probes[qi]):
-            lut = qluts[qi] + term[lst] if use_term else qluts[qi]   # float32 add
-            lut_u8, bias, scale = quantize_lut(lut)
-            for id_, c in by_list.get(int(lst), []):
+        for (p, lst), lut_u8, bias in zip(live, u8s, biases):
+            for id_, c in by_list[lst]:
                 s = sum(int(lut_u8[j, int(c[j])]) for j in range(len(c)))
                 key = np.float32(float(base[qi, p]) + (bias + s / scale))
                 pairs.append((key, id_))
