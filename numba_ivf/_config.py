@@ -140,3 +140,7 @@ PQ_TRAIN_MAX_POINTS_PER_CENTROID = 256
 # A few queries are scanned on one thread unless their probed lists hold at least this
 # many codes per thread (below that, waking the pool costs more than the scan).
 PQ_SINGLE_MIN_ROWS = 8192
+# Up to this many queries, IVFPQ's coarse step runs assign's tiled top-p worker on the
+# calling thread (one tile: same results as the parallel driver, whose smallest tile,
+# ASSIGN_TILE_MIN, is larger) instead of launching the pool.
+PQ_COARSE_SERIAL_MAX_QUERIES = 4

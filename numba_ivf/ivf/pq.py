@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._config import (PQ_FASTSCAN_ALIGN, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
+from .._config import (PQ_COARSE_SERIAL_MAX_QUERIES, PQ_FASTSCAN_ALIGN, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
                        PQ_SINGLE_MIN_ROWS, PQ_TRAIN_MAX_POINTS_PER_CENTROID)
 from .._validation import check_choice, check_int
 from ..kernels.topk import ID_SENTINEL
@@ -242,17 +242,32 @@ class IVFPQ(IVFBase):
         if nq:
             scores, probes = self._coarse(q, nprobe)
             probes = np.ascontiguousarray(probes, dtype=np.int64)
-            base, qluts, term, use_term = self._tables(q, scores)
             if path == "auto":
                 path = self._choose_path(nq, probes)
+            # The serial path stays on the calling thread end to end (tables, scan,
+            # refine): for one query each parallel launch costs more than its work.
+            serial = path == "serial"
+            base, qluts, term, use_term = self._tables(q, scores, serial)
             self._scan(path, probes, base, qluts, term, use_term, keys, ids, backend)
             if self._refine:
-                keys, ids = self._refine_exact(q, keys, ids, k)
+                keys, ids = self._refine_exact(q, keys, ids, k, serial)
         return self._finish(keys, ids)
 
-    def _tables(self, q, scores):
+    def _coarse(self, x, p):
+        """As ``IVFBase._coarse``, but a few queries (one at a time above all) are
+        assigned on the calling thread: the parallel tiled kernel's launch cost
+        milliseconds per query on a busy machine, more than everything else together."""
+        if 2 <= p and x.shape[0] <= PQ_COARSE_SERIAL_MAX_QUERIES:
+            from ..kernels.pq_scan import coarse_serial
+            pr = self._prepared
+            return coarse_serial(x, pr.panels, pr.bias, pr.l2, p)
+        return super()._coarse(x, p)
+
+    def _tables(self, q, scores, serial=False):
         """Per-pair base (nq, nprobe), per-query tables (nq, m, ksub), term table."""
         from ..kernels.pq_encode import pq_distance_tables
+        if serial:
+            from ..kernels.pq_scan import distance_tables_serial as pq_distance_tables
         l2 = self._metric == "l2"
         cb = self._pq.codebooks
         if l2 and self._by_residual:
@@ -293,14 +308,14 @@ class IVFPQ(IVFBase):
             fn(codes, L.ids, L.starts, L.sizes, probes, base, qluts, term, use_term,
                keys, ids, backend)
 
-    def _refine_exact(self, q, keys, ids, k):
+    def _refine_exact(self, q, keys, ids, k, serial=False):
         from ..kernels.refine import refine
         L = self._lists
         valid = ids != ID_SENTINEL
         lst, off = L.lookup(np.ascontiguousarray(np.where(valid, ids, -1).ravel()))
         rows = np.where(lst >= 0, L.starts[np.maximum(lst, 0)] + off, -1)
         return refine(q, L.payload["data"], rows.reshape(ids.shape), ids, k,
-                      self._metric == "l2")
+                      self._metric == "l2", parallel=not serial)
 
     # -- persistence -------------------------------------------------------------------
     def _save_params(self) -> dict:

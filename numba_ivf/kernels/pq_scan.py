@@ -28,9 +28,13 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH, PQ_LUT_BUILD_MIN_ROWS
+from .._config import ASSIGN_MR, ASSIGN_NR
+from .assign import _scores_to_sqdist, _tile_topk
+from .pq_encode import _tables_one
 from .topk import heap_init, heap_push, heap_sort, merge_one
 
-__all__ = ["adc_scan_batch", "adc_scan_serial", "adc_scan_single"]
+__all__ = ["adc_scan_batch", "adc_scan_serial", "adc_scan_single", "distance_tables_serial",
+           "coarse_serial"]
 
 _FM = set(FASTMATH)
 
@@ -152,3 +156,31 @@ def adc_scan_serial(codes, ids, starts, sizes, probes, base, qluts, term, use_te
             scan_pair(codes, ids, starts, sizes, lst, qluts[qi], term, use_term,
                       base[qi, p], scratch, hd, hi_)
         heap_sort(hd, hi_)
+
+
+@njit(cache=True, fastmath=_FM)
+def distance_tables_serial(q, codebooks, l2):
+    """``pq_encode.pq_distance_tables`` on the calling thread (same worker, so the same
+    tables): the "serial" search path of one or two queries does not wake the pool."""
+    m, ksub, _ = codebooks.shape
+    out = np.empty((q.shape[0], m, ksub), dtype=np.float32)
+    for i in range(q.shape[0]):
+        _tables_one(q[i], codebooks, l2, out[i])
+    return out
+
+
+@njit(cache=True, fastmath=_FM)
+def coarse_serial(x, panels, bias, l2, p_top):
+    """``assign.tiled_topk`` for a few rows on the calling thread: the same worker over
+    one tile (tiled_topk's smallest tile holds more rows than this is used for), so the
+    same lists and distances, without waking the thread pool for one query."""
+    n = x.shape[0]
+    top_s = np.empty((n, p_top), dtype=np.float32)
+    top_i = np.empty((n, p_top), dtype=np.int64)
+    block = np.empty((ASSIGN_MR, ASSIGN_NR), dtype=np.float32)
+    rowmax = np.empty(ASSIGN_MR, dtype=np.float32)
+    _tile_topk(x, 0, n, panels, bias, block, rowmax, top_s, top_i)
+    if l2:
+        for i in range(n):
+            _scores_to_sqdist(x, i, top_s[i])
+    return top_s, top_i

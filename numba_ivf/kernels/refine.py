@@ -18,7 +18,7 @@ from .._config import FASTMATH
 from .list_scan import _ip, _l2
 from .topk import ID_SENTINEL, heap_init, heap_push, heap_sort
 
-__all__ = ["refine", "refine_driver"]
+__all__ = ["refine", "refine_driver", "refine_serial"]
 
 _FM = set(FASTMATH)
 
@@ -45,8 +45,25 @@ def refine_driver(q, data, rows, cand_ids, l2, out_d, out_i):
         heap_sort(hd, hi_)
 
 
+@njit(cache=True, fastmath=_FM)
+def refine_serial(q, data, rows, cand_ids, l2, out_d, out_i):
+    """``refine_driver`` on the calling thread: for one or two queries, waking the
+    thread pool costs more than the k_factor * k distances."""
+    for qi in range(q.shape[0]):
+        hd = out_d[qi]
+        hi_ = out_i[qi]
+        heap_init(hd, hi_)
+        for c in range(rows.shape[1]):
+            r = rows[qi, c]
+            if r < 0:
+                continue
+            key = _l2(q[qi], data, r) if l2 else _ip(q[qi], data, r)
+            heap_push(hd, hi_, key, cand_ids[qi, c])
+        heap_sort(hd, hi_)
+
+
 def refine(q: np.ndarray, data: np.ndarray, rows: np.ndarray, cand_ids: np.ndarray,
-           k: int, l2: bool):
+           k: int, l2: bool, parallel: bool = True):
     """Exact top-k of each query among its candidate rows.
 
     Parameters
@@ -62,6 +79,8 @@ def refine(q: np.ndarray, data: np.ndarray, rows: np.ndarray, cand_ids: np.ndarr
         Results per query.
     l2 : bool
         Squared L2 keys if True, else negated inner products.
+    parallel : bool, default True
+        Threads over queries; False runs on the calling thread (same results).
 
     Returns
     -------
@@ -76,6 +95,7 @@ def refine(q: np.ndarray, data: np.ndarray, rows: np.ndarray, cand_ids: np.ndarr
                          f"{data.shape}.")
     out_d = np.empty((q.shape[0], k), dtype=np.float32)
     out_i = np.full((q.shape[0], k), ID_SENTINEL, dtype=np.int64)
-    refine_driver(q, data, np.ascontiguousarray(rows, dtype=np.int64),
-                  np.ascontiguousarray(cand_ids, dtype=np.int64), bool(l2), out_d, out_i)
+    fn = refine_driver if parallel else refine_serial
+    fn(q, data, np.ascontiguousarray(rows, dtype=np.int64),
+       np.ascontiguousarray(cand_ids, dtype=np.int64), bool(l2), out_d, out_i)
     return out_d, out_i
