@@ -2,7 +2,7 @@
 
     PYTHONPATH=/work/main python asv_bench/compare_ivfpq.py [--data /root/ann-data]
         [--datasets glove-50 fashion-mnist-784] [--single 200] [--repeats 3]
-        [--k-factor 8]
+        [--k-factor 8] [--parts 8bit 4bit mem]
 
 Per dataset: our index trains its coarse k-means and PQ; FAISS's quantizer is filled with
 our centroids (so both probe the same lists) and FAISS trains its own PQ on the same
@@ -63,7 +63,8 @@ def _sweep(label, ours_fn, ref_fn, q, gt, nprobes, n_single, repeats):
               flush=True)
 
 
-def run(root: Path, name: str, n_single: int, repeats: int, k_factor: int, nprobes):
+def run(root: Path, name: str, n_single: int, repeats: int, k_factor: int, nprobes,
+        parts=("8bit", "4bit", "mem")):
     import faiss
     import numba
     import numba_ivf
@@ -104,6 +105,18 @@ def run(root: Path, name: str, n_single: int, repeats: int, k_factor: int, nprob
         w.search(q[:1], 10, nprobe=2, **kw)
 
     # -- 8-bit ---------------------------------------------------------------------------
+    if "8bit" in parts:
+        _eight(x, xf, q, qf, gt, d, nlist, m8, metric, fmetric, quantizer, nprobes, n_single,
+               repeats)
+    if "4bit" in parts or "mem" in parts:
+        _four(x, xf, q, qf, gt, d, nlist, m4, metric, fmetric, quantizer, nprobes, n_single,
+              repeats, k_factor, parts)
+
+
+def _eight(x, xf, q, qf, gt, d, nlist, m8, metric, fmetric, quantizer, nprobes, n_single,
+           repeats):
+    import faiss
+    import numba_ivf
     t0 = time.perf_counter()
     o8 = numba_ivf.IVFPQ(d, nlist, m8, 8, metric)
     o8.train(x)
@@ -132,9 +145,18 @@ def run(root: Path, name: str, n_single: int, repeats: int, k_factor: int, nprob
            repeats)
     del o8, f8
 
+
+def _four(x, xf, q, qf, gt, d, nlist, m4, metric, fmetric, quantizer, nprobes, n_single,
+          repeats, k_factor, parts):
+    import faiss
+    import numba_ivf
+    n = x.shape[0]
     # -- 4-bit + refine -------------------------------------------------------------------
     o4 = numba_ivf.IVFPQ(d, nlist, m4, 4, metric, refine=True)
     o4.train(x)
+    if "4bit" not in parts:
+        _memory(o4, x, n, d, nlist, m4, metric)
+        return
     o4.add(x)
     f4base = faiss.IndexIVFPQFastScan(quantizer(o4.centroids), d, nlist, m4, 4, fmetric)
     f4 = faiss.IndexRefineFlat(f4base)
@@ -153,7 +175,16 @@ def run(root: Path, name: str, n_single: int, repeats: int, k_factor: int, nprob
            lambda qq, p: o4.search(qq, 10, nprobe=p, k_factor=k_factor), ref4, q, gt,
            nprobes, n_single, repeats)
 
-    # -- memory of 4-bit without refine --------------------------------------------------
+    if "mem" in parts:
+        _memory(o4, x, n, d, nlist, m4, metric)
+
+
+def _memory(o4, x, n, d, nlist, m4, metric):
+    """4-bit index memory without refine against n*(m/2+8), with the arithmetic of
+    the per-list padding to whole 32-vector blocks (which FAISS's fast-scan lists pay
+    too: BlockInvertedLists rounds every list's codes up to a block; its ids are not
+    padded)."""
+    import numba_ivf
     o4n = numba_ivf.IVFPQ(d, nlist, m4, 4, metric)
     o4n._set_centroids(np.array(o4.centroids))
     o4n._pq = o4.pq
@@ -166,6 +197,14 @@ def run(root: Path, name: str, n_single: int, repeats: int, k_factor: int, nprob
           f"{mem['id_map']} = {lists} B (+ centroids/codebooks {fixed} B, term table "
           f"{mem['term_table']} B); bound n*(m/2+8) = {bound:.0f} B; ratio "
           f"{lists / bound:.3f} (limit 1.10)")
+    sizes = o4n.list_sizes
+    blocks = -(-sizes // 32)
+    code_min = int((blocks * 32).sum()) * (m4 // 2 + m4 % 2)
+    pad = int((blocks * 32 - sizes).sum())
+    print(f"  padding to 32-vector blocks: {pad} rows ({pad / n:.3f} per vector, mean list "
+          f"{sizes.mean():.1f}); padded codes alone {code_min} B + unpadded ids {8 * n} B = "
+          f"{code_min + 8 * n} B = {(code_min + 8 * n) / bound:.3f} x bound (this is also "
+          f"what FAISS's IndexIVFPQFastScan lists hold, before vector over-allocation)")
 
 
 def main():
@@ -176,11 +215,13 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--k-factor", type=int, default=8)
     ap.add_argument("--nprobes", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    ap.add_argument("--parts", nargs="+", choices=["8bit", "4bit", "mem"],
+                    default=["8bit", "4bit", "mem"])
     a = ap.parse_args()
     import numpy
     numpy.show_config() if False else None
     for name in a.datasets:
-        run(a.data, name, a.single, a.repeats, a.k_factor, a.nprobes)
+        run(a.data, name, a.single, a.repeats, a.k_factor, a.nprobes, a.parts)
 
 
 if __name__ == "__main__":
