@@ -62,14 +62,16 @@ KMEANS_UPDATE_CHUNK = 4096
 # -- IVF ---------------------------------------------------------------------------
 # Inverted lists grow by this factor when full (amortised O(1) append).
 IVF_GROWTH = 1.5
-# Above this many queries per probed list on average, search is list-major.
-IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST = 4.0
+# List-major search splits the queries into this many groups per thread (one measured
+# best here: every extra group reads each probed list once more), and is chosen when a
+# group has at least this many queries per list on average (below that, each list is
+# read about once per query anyway, as in the batch plan). Measured on glove-50 (d=50)
+# and fashion-mnist-784 at nprobe 8-64: 2-4x the batch plan's QPS.
+IVF_LIST_MAJOR_GROUPS_PER_THREAD = 1
+IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST = 1.0
 # A list's first allocation holds at least this many rows (tiny lists would otherwise
 # move on nearly every add).
 IVF_LIST_MIN_CAPACITY = 16
-# List-major scan: rows per tile, so that one tile (rows * d * 4 bytes) stays in L1/L2
-# while every query probing the list scans it.
-IVF_SCAN_TILE_BYTES = 32 * 1024
 # Single-query scan: rows per parallel run at least this many (a run must pay for the
 # parallel launch), and at most IVF_SINGLE_RUNS_PER_THREAD runs per thread.
 IVF_SINGLE_MIN_RUN = 2048
@@ -78,19 +80,17 @@ IVF_SINGLE_MIN_RUN = 2048
 # tiled kernel, whose register block is built for many rows at a time.
 IVF_COARSE_SCAN_MAX_QUERIES = 4
 IVF_SINGLE_RUNS_PER_THREAD = 2
-# One query per call (IVFFlat.search with one row): the fused kernel splits the scan
-# over threads only when every run gets at least this many rows of 64 features (~1M
-# multiply-adds, ~100 us on one core). Waking the pool costs ~10 us on an idle machine
-# and up to milliseconds when the other cores are busy (measured: 2 threads at glove-50
-# nprobe=64 ran at 1/50 of one thread under load), so small searches stay serial.
-IVF_ONE_QUERY_MIN_RUN = 16384
-# List-major scan: partial top-k buffers (queries * nprobe * k * 12 bytes) are bounded
-# by processing the queries in batches of at most this many bytes of partials.
-IVF_PARTIAL_BYTES = 64 * 1024 * 1024
-# List-major pays a partial top-k per (query, list) pair; it wins only where reading
-# the lists dominates, i.e. long rows (measured: 3x faster than batch at d=784, 2.7x
-# slower at d=50, both at ~100 queries per list).
-IVF_LIST_MAJOR_MIN_ROW_BYTES = 256
+# One query per call (IVFFlat.search with one row): the fused kernel splits its coarse
+# step (by ranges of centroids) and its scan (by runs of rows) over threads when every
+# run gets at least this many rows of 64 features (~130k multiply-adds, ~15 us on one
+# core). A parallel launch costs ~3-5 us here when the pool was used in the last 0.1 ms,
+# ~40 us after 1 ms idle, and much more when other processes keep the cores busy
+# (measured once: 2 threads at glove-50 nprobe=64 ran at 1/50 of one thread under
+# load); use numba_ivf.threads(1) on a shared machine. Measured against 16384 rows,
+# interleaved in one process (asv_bench/compare_ivfflat.py shape, 300 queries): 1.2-1.4x
+# the QPS on fashion-mnist-784 at nprobe 8-16 (the scan of 3 MB of centroids per query
+# is split), equal on glove-50.
+IVF_ONE_QUERY_MIN_RUN = 2048
 
 # -- PQ fast-scan --------------------------------------------------------------------
 # Vectors per packed block: one 32-byte load holds two sub-quantizers' 4-bit codes
@@ -144,3 +144,4 @@ PQ_SINGLE_MIN_ROWS = 8192
 # calling thread (one tile: same results as the parallel driver, whose smallest tile,
 # ASSIGN_TILE_MIN, is larger) instead of launching the pool.
 PQ_COARSE_SERIAL_MAX_QUERIES = 4
+

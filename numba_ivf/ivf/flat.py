@@ -12,11 +12,9 @@ import numpy as np
 
 from .._config import (
     IVF_COARSE_SCAN_MAX_QUERIES,
+    IVF_LIST_MAJOR_GROUPS_PER_THREAD,
     IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST,
-    IVF_LIST_MAJOR_MIN_ROW_BYTES,
     IVF_ONE_QUERY_MIN_RUN,
-    IVF_PARTIAL_BYTES,
-    IVF_SCAN_TILE_BYTES,
     IVF_SINGLE_MIN_RUN,
     IVF_SINGLE_RUNS_PER_THREAD,
 )
@@ -113,8 +111,8 @@ class IVFFlat(IVFBase):
             Lists scanned per query (>= 1); values above nlist are clamped to nlist.
         path : {"auto", "batch", "list_major", "single"}, default "auto"
             Scan plan; all give identical results. "batch": parallel over queries;
-            "list_major": parallel over lists, each list read once per group of queries
-            (large batches); "single": each query parallel over its probed lists.
+            "list_major": parallel over groups of queries, each list read once per group
+            for all its queries that probe it (large batches); "single": each query parallel over its probed lists.
 
         Returns
         -------
@@ -170,10 +168,11 @@ class IVFFlat(IVFBase):
         return list_scan.METRIC_L2 if self._metric == "l2" else list_scan.METRIC_IP
 
     def _choose_path(self, nq: int, nprobe: int) -> str:
-        if nq < _n_threads():
+        threads = _n_threads()
+        if nq < threads:
             return "single"
-        if (nq * nprobe / self._nlist >= IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST
-                and 4 * self._d >= IVF_LIST_MAJOR_MIN_ROW_BYTES):
+        groups = IVF_LIST_MAJOR_GROUPS_PER_THREAD * threads
+        if nq * nprobe / (self._nlist * groups) >= IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST:
             return "list_major"
         return "batch"
 
@@ -205,32 +204,9 @@ class IVFFlat(IVFBase):
 
     def _scan_list_major(self, q, probes, metric, out_d, out_i):
         L = self._lists
-        nq, nprobe = probes.shape
-        k = out_d.shape[1]
-        tile = max(1, IVF_SCAN_TILE_BYTES // (4 * self._d))
-        batch = max(1, IVF_PARTIAL_BYTES // (nprobe * k * 12))
-        n_chunks_max = 4 * _n_threads()
-        for q0 in range(0, nq, batch):
-            q1 = min(nq, q0 + batch)
-            pb = probes[q0:q1]
-            ptr, pairs = list_scan.list_groups(pb, self._nlist)
-            # Deal lists, heaviest first, to chunks in snake order so chunks balance.
-            work = L.sizes * np.diff(ptr)
-            active = np.flatnonzero(ptr[1:] > ptr[:-1])
-            active = active[np.argsort(-work[active], kind="stable")]
-            n_chunks = max(1, min(n_chunks_max, active.size))
-            pos = np.arange(active.size) % (2 * n_chunks)
-            chunk_of = np.where(pos < n_chunks, pos, 2 * n_chunks - 1 - pos)
-            order = np.argsort(chunk_of, kind="stable")
-            chunk_lists = active[order].astype(np.int64)
-            chunk_ptr = np.zeros(n_chunks + 1, dtype=np.int64)
-            np.cumsum(np.bincount(chunk_of, minlength=n_chunks), out=chunk_ptr[1:])
-            part_d = np.empty(((q1 - q0) * nprobe, k), dtype=np.float32)
-            part_i = np.empty(((q1 - q0) * nprobe, k), dtype=np.int64)
-            list_scan.scan_list_major(q[q0:q1], L.payload["data"], L.ids, L.starts,
-                                      L.sizes, chunk_ptr, chunk_lists, ptr, pairs,
-                                      nprobe, tile, metric, part_d, part_i)
-            list_scan.merge_pairs(part_d, part_i, nprobe, out_d[q0:q1], out_i[q0:q1])
+        n_groups = max(1, min(q.shape[0], IVF_LIST_MAJOR_GROUPS_PER_THREAD * _n_threads()))
+        list_scan.scan_list_major(q, L.payload["data"], L.ids, L.starts, L.sizes, probes,
+                                  n_groups, metric, out_d, out_i)
 
     # -- persistence -------------------------------------------------------------------
     def _load_arrays(self, a, bad) -> None:

@@ -4,15 +4,14 @@ Storage (see ``numba_ivf.ivf._lists``): every list is a run of rows ``[start, st
 size)`` in one float32 arena ``data`` of shape (capacity, d), with the int64 ids beside
 it. Probes are given as list numbers per query.
 
-All plans compute each (query, vector) key with the same inlined worker (``_l2`` or
-``_ip``), so the three plans return bit-identical results; they differ only in how the
-work is split and how the top-k heaps are owned:
+All plans compute each (query, vector) key with the same row-key kernel
+(``_rowkeys``, whose summation order is fixed), so the three plans return bit-identical
+results; they differ only in how the work is split and how the top-k heaps are owned:
 
 * ``batch``      -- prange over queries; each query owns its heap (FAISS's plan).
-* ``list_major`` -- prange over chunks of lists; a list is read once per tile while
-  every query that probes it is served from cache. Each (query, probe-rank) pair owns a
-  partial heap, so no two iterations write the same heap; a second prange over queries
-  merges the partials.
+* ``list_major`` -- prange over groups of queries; within a group the (query, list)
+  pairs are sorted by list, so each list is read once for all the group's queries that
+  probe it, and each query still owns its heap.
 * ``single``     -- for one query at a time: the probed lists are cut into equal runs of
   rows, prange over runs, each with its own heap, then one merge.
 
@@ -33,10 +32,11 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH
+from ._rowkeys import keys4_ip, keys4_l2
 from .topk import ID_SENTINEL, heap_init, heap_push, heap_sort, merge_one
 
-__all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major", "scan_single",
-           "list_groups", "normalize_rows_into", "coarse_few", "search_one"]
+__all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
+           "scan_single", "normalize_rows_into", "coarse_few", "search_one"]
 
 _FM = set(FASTMATH)  # numba wants a set, not a frozenset
 
@@ -44,37 +44,26 @@ METRIC_L2 = 0
 METRIC_IP = 1
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
-def _l2(q, data, row):
-    # Direct differences: no cancellation, so near-ties resolve like the float64 oracle.
-    s = np.float32(0.0)
-    for t in range(q.shape[0]):
-        diff = q[t] - data[row, t]
-        s += diff * diff
-    return s
-
-
-@njit(cache=True, fastmath=_FM, inline="always")
-def _ip(q, data, row):
-    s = np.float32(0.0)
-    for t in range(q.shape[0]):
-        s += q[t] * data[row, t]
-    return -s
-
-
 @njit(cache=True, fastmath=_FM)
 def _scan_rows(q, data, ids, lo, hi, metric, hd, hi_):
-    """Offer rows [lo, hi) of the arena to the heap (hd, hi_). The serial worker."""
-    if metric == METRIC_L2:
-        for r in range(lo, hi):
-            key = _l2(q, data, r)
-            if key <= hd[0]:
-                heap_push(hd, hi_, key, ids[r])
-    else:
-        for r in range(lo, hi):
-            key = _ip(q, data, r)
-            if key <= hd[0]:
-                heap_push(hd, hi_, key, ids[r])
+    """Offer rows [lo, hi) of the arena to the heap (hd, hi_). The serial worker.
+
+    Keys come four rows at a time from ``_rowkeys`` (a ragged end computes clamped rows
+    and drops their keys), so each key's bits do not depend on the run it is in.
+    """
+    for r in range(lo, hi, 4):
+        if metric == METRIC_L2:
+            k0, k1, k2, k3 = keys4_l2(q, data, r)
+        else:
+            k0, k1, k2, k3 = keys4_ip(q, data, r)
+        if k0 <= hd[0]:
+            heap_push(hd, hi_, k0, ids[r])
+        if r + 1 < hi and k1 <= hd[0]:
+            heap_push(hd, hi_, k1, ids[r + 1])
+        if r + 2 < hi and k2 <= hd[0]:
+            heap_push(hd, hi_, k2, ids[r + 2])
+        if r + 3 < hi and k3 <= hd[0]:
+            heap_push(hd, hi_, k3, ids[r + 3])
 
 
 # -- batch: parallel over queries -------------------------------------------------------
@@ -160,56 +149,55 @@ def scan_single(q, data, ids, starts, sizes, probes, metric, n_runs, out_d, out_
         merge_one(part_d, part_i, out_d[qi], out_i[qi])
 
 
-# -- list-major: parallel over lists, every probing query served per tile ---------------
+# -- list-major: each list read once per group of queries ------------------------------
 
-def list_groups(probes: np.ndarray, nlist: int):
-    """Group (query, probe-rank) pairs by list: CSR ``ptr`` (nlist+1,) and ``pairs``.
+@njit(cache=True, fastmath=_FM)
+def _scan_group(q, data, ids, starts, sizes, probes, q0, q1, metric, out_d, out_i):
+    """Top-k of queries q0..q1 into their rows of (out_d, out_i), list by list.
 
-    ``pairs[ptr[l]:ptr[l+1]]`` are flat indices ``qi * nprobe + rank`` of the pairs that
-    probe list l, in ascending query order. Skipped probes (-1) are left out.
+    A counting sort by list gives, for each list, the queries of the group that probe
+    it; the list is then scanned for all of them while its rows are in cache. Each
+    query owns its heap, so the visiting order changes nothing: the heap keeps the k
+    best (key, id) pairs under a total order, whatever order they arrive in.
     """
-    flat = probes.ravel()
-    valid = np.flatnonzero(flat >= 0)
-    lists = flat[valid]
-    order = np.argsort(lists, kind="stable")
-    pairs = valid[order].astype(np.int64)
-    ptr = np.zeros(nlist + 1, dtype=np.int64)
-    np.cumsum(np.bincount(lists, minlength=nlist), out=ptr[1:])
-    return ptr, pairs
+    nlist = starts.shape[0]
+    nprobe = probes.shape[1]
+    first = np.zeros(nlist + 1, dtype=np.int64)
+    for qi in range(q0, q1):
+        heap_init(out_d[qi], out_i[qi])
+        for p in range(nprobe):
+            lst = probes[qi, p]
+            if lst >= 0:
+                first[lst + 1] += 1
+    for lst in range(nlist):
+        first[lst + 1] += first[lst]
+    who = np.empty(first[nlist], dtype=np.int64)
+    fill = first[:nlist].copy()
+    for qi in range(q0, q1):
+        for p in range(nprobe):
+            lst = probes[qi, p]
+            if lst >= 0:
+                who[fill[lst]] = qi
+                fill[lst] += 1
+    for lst in range(nlist):
+        s = starts[lst]
+        for g in range(first[lst], first[lst + 1]):
+            qi = who[g]
+            _scan_rows(q[qi], data, ids, s, s + sizes[lst], metric, out_d[qi], out_i[qi])
+    for qi in range(q0, q1):
+        heap_sort(out_d[qi], out_i[qi])
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def scan_list_major(q, data, ids, starts, sizes, chunk_ptr, chunk_lists, ptr, pairs,
-                    nprobe, tile, metric, part_d, part_i):
-    """Partial top-k of every (query, probe-rank) pair; prange over chunks of lists.
-
-    chunk_lists[chunk_ptr[c]:chunk_ptr[c+1]] are the lists of chunk c (every list in
-    exactly one chunk). For each list, rows are taken ``tile`` at a time and every query
-    probing the list scans the tile while it is in cache. Pair f = qi * nprobe + rank
-    writes only part_d[f], part_i[f] (shape (nq * nprobe, k)), which no other pair owns.
-    """
-    n_chunks = chunk_ptr.shape[0] - 1
-    for f in prange(part_d.shape[0]):
-        heap_init(part_d[f], part_i[f])
-    for c in prange(n_chunks):
-        for li in range(chunk_ptr[c], chunk_ptr[c + 1]):
-            lst = chunk_lists[li]
-            s = starts[lst]
-            e = s + sizes[lst]
-            for t0 in range(s, e, tile):
-                t1 = min(t0 + tile, e)
-                for g in range(ptr[lst], ptr[lst + 1]):
-                    f = pairs[g]
-                    qi = f // nprobe
-                    _scan_rows(q[qi], data, ids, t0, t1, metric, part_d[f], part_i[f])
-
-
-@njit(cache=True, parallel=True, fastmath=_FM)
-def merge_pairs(part_d, part_i, nprobe, out_d, out_i):
-    """Merge the nprobe partial top-ks of each query into out (prange over queries)."""
-    for qi in prange(out_d.shape[0]):
-        merge_one(part_d[qi * nprobe:(qi + 1) * nprobe],
-                  part_i[qi * nprobe:(qi + 1) * nprobe], out_d[qi], out_i[qi])
+def scan_list_major(q, data, ids, starts, sizes, probes, n_groups, metric, out_d, out_i):
+    """``scan_batch``'s results, list-major: prange over ``n_groups`` equal groups of
+    consecutive queries; within a group every probed list is read once (see
+    ``_scan_group``). Pays when several queries of a group probe the same list: the
+    list is read from memory once instead of once per query."""
+    nq = q.shape[0]
+    for g in prange(n_groups):
+        _scan_group(q, data, ids, starts, sizes, probes, nq * g // n_groups,
+                    nq * (g + 1) // n_groups, metric, out_d, out_i)
 
 
 # -- cosine normalisation: one definition for every path -----------------------------
@@ -242,33 +230,51 @@ def normalize_rows_into(x, out):
 # -- coarse step for a few queries: a GEMV over the transposed centroids --------------
 
 @njit(cache=True, fastmath=_FM)
-def _coarse_one(qf, cent_t, metric, scores, pd, pl):
-    """The len(pd) best lists of one float32 query, best first, into (pd, pl).
+def _coarse_scores(qf, cent_t, metric, out, j0):
+    """out[j - j0] for centroids j = j0 .. j0 + len(out) of one float32 query: the
+    squared distance (L2) or the negated inner product.
 
     cent_t is (d, nlist): the inner loop runs over centroids, so it vectorises with no
     per-centroid horizontal sum, and each key is summed over features in order (the
-    outer loop), so its bits do not depend on how LLVM vectorises. Not inlined: every
-    caller runs this same machine code, which keeps the paths bit-identical.
+    outer loop), so its bits depend neither on how LLVM vectorises nor on the range it
+    is computed in. Not inlined: every caller runs this same machine code, which keeps
+    the paths bit-identical.
     """
-    d, nlist = cent_t.shape
-    for j in range(nlist):
-        scores[j] = 0.0
+    d = cent_t.shape[0]
+    nj = out.shape[0]
+    # Unsigned column index: Numba adds no negative-index wraparound to it, which would
+    # otherwise stop the loop from vectorising whenever j0 is not a known constant.
+    u0 = np.uint64(j0)
+    for j in range(nj):
+        out[j] = 0.0
     if metric == METRIC_L2:
         for t in range(d):
             qt = qf[t]
-            for j in range(nlist):
-                diff = qt - cent_t[t, j]
-                scores[j] += diff * diff
+            for j in range(nj):
+                diff = qt - cent_t[t, u0 + np.uint64(j)]
+                out[j] += diff * diff
     else:
         for t in range(d):
             qt = qf[t]
-            for j in range(nlist):
-                scores[j] -= qt * cent_t[t, j]
+            for j in range(nj):
+                out[j] -= qt * cent_t[t, u0 + np.uint64(j)]
+
+
+@njit(cache=True, fastmath=_FM)
+def _select_lists(scores, pd, pl):
+    """The len(pd) smallest scores, best first (ties to the lower list), into (pd, pl)."""
     heap_init(pd, pl)
-    for j in range(nlist):
+    for j in range(scores.shape[0]):
         if scores[j] <= pd[0]:
             heap_push(pd, pl, scores[j], j)
     heap_sort(pd, pl)
+
+
+@njit(cache=True, fastmath=_FM)
+def _coarse_one(qf, cent_t, metric, scores, pd, pl):
+    """The len(pd) best lists of one float32 query, best first, into (pd, pl)."""
+    _coarse_scores(qf, cent_t, metric, scores, 0)
+    _select_lists(scores, pd, pl)
 
 
 @njit(cache=True)
@@ -288,9 +294,9 @@ def search_one(q, cent_t, data, ids, starts, sizes, metric, unit, nprobe, min_ru
 
     q (d,) float32 or float64, C-contiguous; cent_t (d, nlist) the transposed
     centroids; unit: normalise q first (cosine);
-    nprobe <= nlist. Runs of at least ``min_run`` rows of 64 features (at most
-    ``max_runs``) decide whether the scan is split over threads, exactly as the
-    ``single`` plan is sized. (The thread count is an argument: numba.get_num_threads()
+    nprobe <= nlist. Runs of at least ``min_run`` rows (or centroids) of 64 features
+    (at most ``max_runs``) decide whether the coarse step and the scan are split over
+    threads. (The thread count is an argument: numba.get_num_threads()
     inside a kernel defeats the on-disk cache.) Writes out_d (1, k) float32 in the
     FAISS convention (L2 ascending / +inf padding, scores descending / -inf padding)
     and out_i (1, k) int64 (-1 padding).
@@ -304,10 +310,25 @@ def search_one(q, cent_t, data, ids, starts, sizes, metric, unit, nprobe, min_ru
         qf[t] = np.float32(q[t])    # the batch path converts to float32 first, too
     if unit:
         _unit_row(qf, qf)
-    # Coarse step: as the batch path does it for a few queries (coarse_few).
+    # Coarse step: the scores of coarse_few (the batch path's for a few queries),
+    # split over threads by ranges of centroids when there are enough of them.
     pd = np.empty(nprobe, dtype=np.float32)
     pl = np.empty(nprobe, dtype=np.int64)
-    _coarse_one(qf, cent_t, metric, np.empty(cent_t.shape[1], dtype=np.float32), pd, pl)
+    nlist = cent_t.shape[1]
+    scores = np.empty(nlist, dtype=np.float32)
+    n_cruns = min(nlist * max(d, 64) // (64 * min_run), max_runs)
+    if n_cruns <= 1:
+        _coarse_scores(qf, cent_t, metric, scores, 0)
+    else:
+        for r in prange(n_cruns):
+            # A private buffer per run: runs writing neighbouring parts of `scores`
+            # once per feature would share the cache line at their boundary (measured
+            # here: that ping-pong made the split coarse step 2x slower than serial).
+            j0 = nlist * r // n_cruns
+            part = np.empty(nlist * (r + 1) // n_cruns - j0, dtype=np.float32)
+            _coarse_scores(qf, cent_t, metric, part, j0)
+            scores[j0:j0 + part.shape[0]] = part
+    _select_lists(scores, pd, pl)
     hd = out_d[0]
     hi_ = out_i[0]
     # np.empty, not np.zeros: under parallel=True np.zeros becomes a parallel region,

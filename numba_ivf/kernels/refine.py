@@ -2,8 +2,8 @@
 
 The approximate search returns ``k_factor * k`` candidate ids per query; their stored
 float32 vectors (a row arena ``data`` of shape (capacity, d)) are compared to the query
-exactly, with the same per-pair workers as the IVF-Flat scan (``list_scan._l2`` /
-``_ip``), and the best k kept (ties to the lower id).
+exactly, with the same row keys as the IVF-Flat scan (``_rowkeys``), and the best k
+kept (ties to the lower id).
 
 Layers: ``refine`` (Python, checks shapes) -> ``refine_driver`` (prange over queries,
 each owns its output row) -> the inlined per-pair workers.
@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH
-from .list_scan import _ip, _l2
+from ._rowkeys import key1_ip, key1_l2
 from .topk import ID_SENTINEL, heap_init, heap_push, heap_sort
 
 __all__ = ["refine", "refine_driver", "refine_serial"]
@@ -40,7 +40,7 @@ def refine_driver(q, data, rows, cand_ids, l2, out_d, out_i):
             r = rows[qi, c]
             if r < 0:
                 continue
-            key = _l2(q[qi], data, r) if l2 else _ip(q[qi], data, r)
+            key = key1_l2(q[qi], data, r) if l2 else key1_ip(q[qi], data, r)
             heap_push(hd, hi_, key, cand_ids[qi, c])
         heap_sort(hd, hi_)
 
@@ -57,7 +57,7 @@ def refine_serial(q, data, rows, cand_ids, l2, out_d, out_i):
             r = rows[qi, c]
             if r < 0:
                 continue
-            key = _l2(q[qi], data, r) if l2 else _ip(q[qi], data, r)
+            key = key1_l2(q[qi], data, r) if l2 else key1_ip(q[qi], data, r)
             heap_push(hd, hi_, key, cand_ids[qi, c])
         heap_sort(hd, hi_)
 
