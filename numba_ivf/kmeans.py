@@ -62,6 +62,12 @@ class KMeans:
         near-ties); only the work shrinks, by a lot once clusters settle. Used with the
         "tiled" variant when the assignment is a Euclidean argmin ("l2", or any
         spherical fit, where argmax x.c = argmin ||x - c|| because ||c|| = 1).
+    early_stop : bool, default True
+        Stop once an iteration assigns every point to the same centroid as the
+        iteration before (with no empty cluster split): the centroids are then a fixed
+        point, so the remaining iterations would return exactly the same centroids.
+        ``n_iter_`` tells how many iterations ran (FAISS's Clustering stops likewise
+        when the objective stops changing).
     verbose : bool, default False
         Print one line per iteration (objective, time, splits, points recomputed).
 
@@ -69,9 +75,11 @@ class KMeans:
     ----------
     centroids : ndarray of shape (n_clusters, d), float32
     objective : list of float
-        Per iteration, the objective of that iteration's assignment: the sum of squared
-        distances ("l2", never increases) or the sum of scores ("ip"/"cosine", never
-        decreases), as ``faiss.Kmeans.obj``.
+        Per iteration run, the objective of that iteration's assignment: the sum of
+        squared distances ("l2", never increases) or the sum of scores ("ip"/"cosine",
+        never decreases), as ``faiss.Kmeans.obj``.
+    n_iter_ : int
+        Iterations run: ``n_iter``, or fewer if ``early_stop`` found a fixed point.
     n_features_in_ : int
     n_split_ : int
         Empty clusters split over the whole fit.
@@ -88,7 +96,7 @@ class KMeans:
     def __init__(self, n_clusters: int, n_iter: int = 25, init: str = "random",
                  seed: int | None = 1234, max_points_per_centroid: int | None = 256,
                  spherical: bool = False, metric: str = "l2", variant: str = "tiled",
-                 bounds: bool = True, verbose: bool = False):
+                 bounds: bool = True, early_stop: bool = True, verbose: bool = False):
         self.n_clusters = n_clusters
         self.n_iter = n_iter
         self.init = init
@@ -98,6 +106,7 @@ class KMeans:
         self.metric = metric
         self.variant = variant
         self.bounds = bounds
+        self.early_stop = early_stop
         self.verbose = verbose
 
     # ----------------------------------------------------------------- validation
@@ -111,7 +120,7 @@ class KMeans:
             check_int("max_points_per_centroid", self.max_points_per_centroid, min_value=1)
         if self.seed is not None:
             check_int("seed", self.seed)
-        for name in ("spherical", "bounds"):
+        for name in ("spherical", "bounds", "early_stop"):
             value = getattr(self, name)
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{name} must be True or False; got {value!r}.")
@@ -174,13 +183,18 @@ class KMeans:
         kernel_metric = "l2" if l2 else "ip"
         # Hamerly's bounds need a Euclidean argmin: "l2", or unit-norm centroids.
         use_bounds = self.bounds and self.variant == "tiled" and (l2 or spherical)
-        scale = float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) or 1.0
+        # RMS coordinate, only a scale for the bounds' slack: a float32 BLAS dot (3 ms at
+        # 50k x 128) is accurate enough; the float64 copy it replaced took 26 ms.
+        flat = x.reshape(-1)
+        scale = float(np.sqrt(float(np.dot(flat, flat)) / max(flat.size, 1))) or 1.0
         self.objective = []
         self.n_split_ = 0
         self.n_recomputed_ = []
         state = None
         if use_bounds and not l2:
             xnorm2 = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+        prev_labels, n_split = None, 0
+        self.n_iter_ = 0
         for it in range(self.n_iter):
             t0 = time.perf_counter()
             if use_bounds:
@@ -192,6 +206,17 @@ class KMeans:
                 self.n_recomputed_.append(n)
             t_assign = time.perf_counter() - t0
             self.objective.append(float(dist.sum(dtype=np.float64)))
+            self.n_iter_ = it + 1
+            # Same labels as last time and no split since: the update would return the
+            # current centroids again, bit for bit, so every later iteration is a no-op.
+            if (self.early_stop and prev_labels is not None and n_split == 0
+                    and np.array_equal(labels, prev_labels)):
+                if self.verbose:
+                    print(f"KMeans iteration {it + 1}/{self.n_iter}: objective="
+                          f"{self.objective[-1]:.6g}, no assignment changed: converged",
+                          flush=True)
+                break
+            prev_labels = labels.copy()
             sums, counts = centroid_sums(x, labels, k, _n_chunks())
             old = centroids
             centroids, n_split = self._update(sums, counts, centroids, rng, scale)

@@ -38,9 +38,9 @@ def test_update_min_sqdist_matches_numpy():
 def test_objective_never_increases(variant):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((800, 6)).astype(np.float32)
-    km = numba_ivf.KMeans(12, n_iter=15, seed=3, variant=variant).fit(x)
+    km = numba_ivf.KMeans(12, n_iter=15, seed=3, variant=variant, early_stop=False).fit(x)
     obj = np.array(km.objective)
-    assert len(obj) == 15
+    assert len(obj) == km.n_iter_ == 15
     assert np.all(np.diff(obj) <= 1e-6 * obj[0]), obj
 
 
@@ -199,7 +199,7 @@ def test_bounds_give_lloyds_result(metric, spherical):
     rng = np.random.default_rng(12)
     centres = rng.standard_normal((20, 12)) * 3
     x = (centres[rng.integers(0, 20, 3000)] + rng.standard_normal((3000, 12))).astype(np.float32)
-    kw = dict(n_iter=12, seed=4, metric=metric, spherical=spherical)
+    kw = dict(n_iter=12, seed=4, metric=metric, spherical=spherical, early_stop=False)
     fast = numba_ivf.KMeans(20, bounds=True, **kw).fit(x)
     slow = numba_ivf.KMeans(20, bounds=False, **kw).fit(x)
     np.testing.assert_allclose(fast.objective, slow.objective, rtol=1e-5)
@@ -215,6 +215,28 @@ def test_bounds_on_random_data_and_single_cluster():
     fast = numba_ivf.KMeans(25, n_iter=10, seed=1).fit(x)
     slow = numba_ivf.KMeans(25, n_iter=10, seed=1, bounds=False).fit(x)
     np.testing.assert_allclose(fast.objective, slow.objective, rtol=1e-5)
-    one = numba_ivf.KMeans(1, n_iter=3, max_points_per_centroid=None).fit(x)
+    one = numba_ivf.KMeans(1, n_iter=3, max_points_per_centroid=None,
+                           early_stop=False).fit(x)
     np.testing.assert_allclose(one.centroids[0], x.mean(0), rtol=1e-5, atol=1e-6)
     assert one.n_recomputed_ == [1500, 0, 0]
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_early_stop_returns_the_full_runs_centroids(metric):
+    # A fixed point is detected, not approximated: the stopped fit has exactly the
+    # centroids of the full run, whose later objectives all repeat the last one (up to
+    # the rounding of distances that the bounds take from a different kernel).
+    rng = np.random.default_rng(21)
+    centres = rng.standard_normal((6, 5)) * 8
+    x = (centres[rng.integers(0, 6, 900)] + rng.standard_normal((900, 5))).astype(np.float32)
+    kw = dict(n_iter=30, seed=2, metric=metric)
+    full = numba_ivf.KMeans(6, early_stop=False, **kw).fit(x)
+    stop = numba_ivf.KMeans(6, **kw).fit(x)
+    assert full.n_iter_ == 30 and 2 <= stop.n_iter_ < 30
+    assert len(stop.objective) == stop.n_iter_
+    np.testing.assert_array_equal(stop.centroids, full.centroids)
+    assert stop.objective == full.objective[:stop.n_iter_]
+    np.testing.assert_allclose(full.objective[stop.n_iter_ - 1:], stop.objective[-1],
+                               rtol=1e-6)
+    with pytest.raises(TypeError, match="early_stop must be True or False; got 1"):
+        numba_ivf.KMeans(6, early_stop=1).fit(x)
