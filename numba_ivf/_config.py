@@ -59,6 +59,12 @@ KMEANS_SPLIT_EPS = 1.0 / 1024.0
 # Points per prange chunk in the centroid update (per-chunk partial sums).
 KMEANS_UPDATE_CHUNK = 4096
 
+# -- top-k ------------------------------------------------------------------------
+# A reservoir top-k (kernels/topk.res_*) holds this many times k candidates before a
+# quickselect cuts it back to k: larger means fewer selections but a looser admission
+# threshold between them (FAISS's ReservoirTopN uses 2).
+RESERVOIR_FACTOR = 2
+
 # -- IVF ---------------------------------------------------------------------------
 # Inverted lists grow by this factor when full (amortised O(1) append).
 IVF_GROWTH = 1.5
@@ -75,9 +81,10 @@ IVF_LIST_MIN_CAPACITY = 16
 # Single-query scan: rows per parallel run at least this many (a run must pay for the
 # parallel launch), and at most IVF_SINGLE_RUNS_PER_THREAD runs per thread.
 IVF_SINGLE_MIN_RUN = 2048
-# Up to this many queries, the coarse step is a serial GEMV over the transposed
-# centroids (list_scan.coarse_few, shared with the one-query kernel) instead of the
-# tiled kernel, whose register block is built for many rows at a time.
+# Up to this many queries, the coarse step of every IVF index is a serial GEMV over the
+# transposed centroids (list_scan.coarse_few, shared with the one-query kernels) instead
+# of the tiled kernel, whose register block is built for many rows at a time (for one
+# query it computes MR rows, MR-1 of them thrown away).
 IVF_COARSE_SCAN_MAX_QUERIES = 4
 IVF_SINGLE_RUNS_PER_THREAD = 2
 # One query per call (IVFFlat.search with one row): the fused kernel splits its coarse
@@ -140,8 +147,4 @@ PQ_TRAIN_MAX_POINTS_PER_CENTROID = 256
 # A few queries are scanned on one thread unless their probed lists hold at least this
 # many codes per thread (below that, waking the pool costs more than the scan).
 PQ_SINGLE_MIN_ROWS = 8192
-# Up to this many queries, IVFPQ's coarse step runs assign's tiled top-p worker on the
-# calling thread (one tile: same results as the parallel driver, whose smallest tile,
-# ASSIGN_TILE_MIN, is larger) instead of launching the pool.
-PQ_COARSE_SERIAL_MAX_QUERIES = 4
 

@@ -46,7 +46,9 @@ class ProductQuantizer:
     Attributes
     ----------
     codebooks : ndarray of shape (m, 2**nbits, d // m), float32
-        Set by :meth:`train`.
+        Set by :meth:`train` (or :meth:`set_codebooks`).
+    codebooks_t : ndarray of shape (m, d // m, 2**nbits), float32
+        The same numbers, last two axes swapped (the distance-table layout).
 
     Examples
     --------
@@ -65,6 +67,7 @@ class ProductQuantizer:
         self.dsub = self.d // self.m
         self.ksub = 1 << self.nbits
         self.codebooks = None
+        self.codebooks_t = None
         self._prepared = None
 
     @property
@@ -114,6 +117,8 @@ class ProductQuantizer:
         if not np.isfinite(cb).all():
             raise ValueError("codebooks contain NaN or infinity.")
         self.codebooks = cb
+        # (m, dsub, ksub): distance tables vectorise over the ksub centroids.
+        self.codebooks_t = np.ascontiguousarray(cb.transpose(0, 2, 1))
         self._prepared = [_assign.prepare_centroids(cb[j], True) for j in range(self.m)]
 
     def _check_trained(self):
@@ -161,4 +166,4 @@ class ProductQuantizer:
         self._check_trained()
         check_choice("metric", metric, ("l2", "ip"))
         q = check_vectors(q, "q", d=self.d, owner=repr(self), allow_1d=True)
-        return pq_distance_tables(q, self.codebooks, metric == "l2")
+        return pq_distance_tables(q, self.codebooks_t, metric == "l2")

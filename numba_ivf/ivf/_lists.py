@@ -35,78 +35,10 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTSCAN_BLOCK, IVF_GROWTH, IVF_LIST_MIN_CAPACITY
+from ..kernels.idmap import (_EMPTY, _TOMB, _map_find, _map_from_lists, _map_insert_many,
+                             _map_lookup_many)
 
 __all__ = ["InvertedLists"]
-
-_EMPTY = -1
-_TOMB = -2
-_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
-
-
-# -- hash map kernels (serial: the map is shared state) ---------------------------------
-
-@njit(cache=True, inline="always")
-def _slot0(key, shift):
-    return np.int64((np.uint64(key) * _HASH_MUL) >> np.uint64(shift))
-
-
-@njit(cache=True)
-def _map_find(keys, shift, key):
-    """Position of ``key`` in the table, or -1."""
-    mask = keys.shape[0] - 1
-    pos = _slot0(key, shift)
-    while True:
-        k = keys[pos]
-        if k == key:
-            return pos
-        if k == _EMPTY:
-            return -1
-        pos = (pos + 1) & mask
-
-
-@njit(cache=True)
-def _map_insert_many(keys, vlist, voff, shift, new_keys, lists, offs):
-    """Insert keys known to be absent; returns how many tombstones were reused."""
-    mask = keys.shape[0] - 1
-    reused = 0
-    for j in range(new_keys.shape[0]):
-        pos = _slot0(new_keys[j], shift)
-        while keys[pos] >= 0:
-            pos = (pos + 1) & mask
-        if keys[pos] == _TOMB:
-            reused += 1
-        keys[pos] = new_keys[j]
-        vlist[pos] = lists[j]
-        voff[pos] = offs[j]
-    return reused
-
-
-@njit(cache=True)
-def _map_lookup_many(keys, vlist, voff, shift, query, out_list, out_off):
-    for j in range(query.shape[0]):
-        pos = _map_find(keys, shift, query[j])
-        if pos < 0:
-            out_list[j] = -1
-            out_off[j] = -1
-        else:
-            out_list[j] = vlist[pos]
-            out_off[j] = voff[pos]
-
-
-@njit(cache=True)
-def _map_from_lists(keys, vlist, voff, shift, ids, starts, sizes):
-    mask = keys.shape[0] - 1
-    for lst in range(starts.shape[0]):
-        s = starts[lst]
-        for o in range(sizes[lst]):
-            key = ids[s + o]
-            pos = _slot0(key, shift)
-            while keys[pos] >= 0:
-                pos = (pos + 1) & mask
-            keys[pos] = key
-            vlist[pos] = lst
-            voff[pos] = o
-
 
 @njit(cache=True)
 def _remove_many(keys, vlist, voff, shift, ids, starts, sizes, remove, move_dst,

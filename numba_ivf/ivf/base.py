@@ -22,6 +22,7 @@ import os
 import numba
 import numpy as np
 
+from .._config import IVF_COARSE_SCAN_MAX_QUERIES
 from .._validation import check_int, check_metric, check_vectors
 from ..kernels.topk import ID_SENTINEL
 from ._lists import InvertedLists
@@ -165,8 +166,24 @@ class IVFBase:
         self._prepared = prepare_centroids(self._centroids, self._metric == "l2")
 
     def _coarse(self, x: np.ndarray, p: int):
-        """The p best lists of each (prepared) row, best first: (scores, lists)."""
+        """The p best lists of each (prepared) row, best first: (scores, lists); scores
+        are squared distances ("l2") or inner products.
+
+        A few queries take a GEMV over the transposed centroids (the tiled kernel's
+        register block is built for many rows; the one-query kernels run the same code,
+        so one query gets the same lists and scores either way); larger batches use the
+        tiled kernel. The choice depends only on the number of rows, never on the path.
+        """
         from ..kernels.assign import assign_prepared, topk_prepared
+        if x.shape[0] <= IVF_COARSE_SCAN_MAX_QUERIES:
+            from ..kernels.list_scan import METRIC_IP, METRIC_L2, coarse_few
+            keys = np.empty((x.shape[0], p), dtype=np.float32)
+            lists = np.empty((x.shape[0], p), dtype=np.int64)
+            l2 = self._metric == "l2"
+            coarse_few(x, self._centroids_t, METRIC_L2 if l2 else METRIC_IP, keys, lists)
+            if not l2:
+                np.negative(keys, out=keys)   # minimised keys -> scores (exact)
+            return keys, lists
         if p == 1:
             labels, scores = assign_prepared(x, self._prepared)
             return scores[:, None], labels[:, None]

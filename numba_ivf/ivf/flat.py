@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from .._config import (
-    IVF_COARSE_SCAN_MAX_QUERIES,
     IVF_LIST_MAJOR_GROUPS_PER_THREAD,
     IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST,
     IVF_ONE_QUERY_MIN_RUN,
@@ -82,20 +81,6 @@ class IVFFlat(IVFBase):
 
     def _reconstruct_row(self, row: int) -> np.ndarray:
         return np.array(self._lists.payload["data"][row])
-
-    def _coarse(self, x: np.ndarray, p: int):
-        """The p best lists of each (prepared) row, best first: (scores, lists).
-
-        A few queries take a GEMV over the transposed centroids (the tiled kernel is
-        built for many rows; ``search_one`` runs the same code, so one query gets the
-        same lists either way); larger batches use the tiled kernel. The choice depends only on the number of queries, never on the path.
-        """
-        if x.shape[0] <= IVF_COARSE_SCAN_MAX_QUERIES:
-            keys = np.empty((x.shape[0], p), dtype=np.float32)
-            lists = np.empty((x.shape[0], p), dtype=np.int64)
-            list_scan.coarse_few(x, self._centroids_t, self._metric_code, keys, lists)
-            return keys, lists
-        return super()._coarse(x, p)
 
     # -- search ----------------------------------------------------------------------
     def search(self, q, k: int, nprobe: int = 1, *, path: str = "auto"):

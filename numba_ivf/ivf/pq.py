@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._config import (PQ_COARSE_SERIAL_MAX_QUERIES, PQ_FASTSCAN_ALIGN, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
+from .._config import (PQ_FASTSCAN_ALIGN, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
                        PQ_SINGLE_MIN_ROWS, PQ_TRAIN_MAX_POINTS_PER_CENTROID)
 from .._validation import check_choice, check_int
 from ..kernels.topk import ID_SENTINEL
@@ -247,43 +247,33 @@ class IVFPQ(IVFBase):
             # The serial path stays on the calling thread end to end (tables, scan,
             # refine): for one query each parallel launch costs more than its work.
             serial = path == "serial"
-            base, qluts, term, use_term = self._tables(q, scores, serial)
-            self._scan(path, probes, base, qluts, term, use_term, keys, ids, backend)
+            self._scan(path, q, scores, probes, keys, ids, backend, serial)
             if self._refine:
                 keys, ids = self._refine_exact(q, keys, ids, k, serial)
         return self._finish(keys, ids)
 
-    def _coarse(self, x, p):
-        """As ``IVFBase._coarse``, but a few queries (one at a time above all) are
-        assigned on the calling thread: the parallel tiled kernel's launch cost
-        milliseconds per query on a busy machine, more than everything else together."""
-        if 2 <= p and x.shape[0] <= PQ_COARSE_SERIAL_MAX_QUERIES:
-            from ..kernels.pq_scan import coarse_serial
-            pr = self._prepared
-            return coarse_serial(x, pr.panels, pr.bias, pr.l2, p)
-        return super()._coarse(x, p)
-
-    def _tables(self, q, scores, serial=False):
-        """Per-pair base (nq, nprobe), per-query tables (nq, m, ksub), term table."""
-        from ..kernels.pq_encode import pq_distance_tables
-        if serial:
-            from ..kernels.pq_scan import distance_tables_serial as pq_distance_tables
+    def _table_spec(self, scores):
+        """(base (nq, nprobe) float32, table kind, term table, use_term): what a scan
+        adds to each query's table (``pq_encode.TABLE_*``) and to each list's key."""
+        from ..kernels.pq_encode import TABLE_L2, TABLE_M2IP, TABLE_NIP
         l2 = self._metric == "l2"
-        cb = self._pq.codebooks
         if l2 and self._by_residual:
-            qluts = pq_distance_tables(q, cb, False)
-            qluts *= np.float32(-2.0)
-            return (np.ascontiguousarray(scores, dtype=np.float32), qluts,
+            return (np.ascontiguousarray(scores, dtype=np.float32), TABLE_M2IP,
                     self._term_table(), True)
-        qluts = pq_distance_tables(q, cb, l2)
-        if not l2:
-            np.negative(qluts, out=qluts)
         if self._by_residual:           # ip: key = -(q.c + sum_j q_j.r_j)
             base = np.ascontiguousarray(-scores, dtype=np.float32)
         else:
             base = np.zeros(scores.shape, dtype=np.float32)
         dummy = np.zeros((1, self._m, self._pq.ksub), dtype=np.float32)
-        return base, qluts, dummy, False
+        return base, (TABLE_L2 if l2 else TABLE_NIP), dummy, False
+
+    def _tables(self, q, scores, serial=False):
+        """Per-pair base (nq, nprobe), per-query tables (nq, m, ksub), term table,
+        use_term: the tables materialised (the 4-bit path; tests replay them)."""
+        from ..kernels.pq_encode import query_tables, query_tables_serial
+        base, kind, term, use_term = self._table_spec(scores)
+        fn = query_tables_serial if serial else query_tables
+        return base, fn(q, self._pq.codebooks_t, kind), term, use_term
 
     def _choose_path(self, nq: int, probes: np.ndarray) -> str:
         if nq >= _n_threads():
@@ -292,17 +282,19 @@ class IVFPQ(IVFBase):
         # Waking the other threads costs more than scanning a few thousand codes.
         return "single" if rows >= PQ_SINGLE_MIN_ROWS * _n_threads() else "serial"
 
-    def _scan(self, path, probes, base, qluts, term, use_term, keys, ids, backend):
+    def _scan(self, path, q, scores, probes, keys, ids, backend, serial):
         L = self._lists
         codes = L.payload["codes"]
         if self._nbits == 8:
             from ..kernels import pq_scan
+            base, kind, term, use_term = self._table_spec(scores)
             fn = {"single": pq_scan.adc_scan_single, "batch": pq_scan.adc_scan_batch,
                   "serial": pq_scan.adc_scan_serial}[path]
-            fn(codes, L.ids, L.starts, L.sizes, probes, base, qluts, term, use_term,
-               keys, ids)
+            fn(codes, L.ids, L.starts, L.sizes, probes, base, q, self._pq.codebooks_t,
+               kind, term, use_term, keys, ids)
         else:
             from ..kernels import fastscan_search as fs
+            base, qluts, term, use_term = self._tables(q, scores, serial)
             fn = {"single": fs.fastscan_single, "batch": fs.fastscan_batch,
                   "serial": fs.fastscan_serial}[path]
             fn(codes, L.ids, L.starts, L.sizes, probes, base, qluts, term, use_term,

@@ -1,4 +1,4 @@
-"""IVF-PQ search with 4-bit codes: quantized tables, SIMD block sums, filtered heap.
+"""IVF-PQ search with 4-bit codes: quantized tables, SIMD block sums, filtered top-k.
 
 Storage: a "blocked nibble" arena ``packed`` of shape (capacity / 32, ceil(m/2), 32)
 (``fastscan`` layout); list l owns the whole blocks ``starts[l] // 32 ...`` (starts are
@@ -15,16 +15,17 @@ Per (query, probed list):
    tables of a query share ONE scale (FAISS's scheme, see "per-query shared scale"
    below) and each list has its own bias; otherwise ``quantize_lut_into`` once per
    query;
-3. the k-th best key so far, minus the pair's ``base``, goes to the uint16 domain with
-   ``lut_threshold`` (conservative: no vector whose dequantized key could enter the heap
-   is dropped); ``accumulate_block_below`` returns the lanes under it from the SIMD
-   registers; only those lanes are dequantized,
-   ``key = float32(base + (bias + sum / scale))``, and offered to the heap; the threshold
-   is tightened after every block that changed the heap.
+3. the admission key (the reservoir's k-th best so far) goes to the uint16 domain with
+   ``key_threshold`` (exact: a lane passes iff its dequantized key would be admitted);
+   ``accumulate_block_below`` returns the lanes under it from the SIMD registers; only
+   those lanes are dequantized,
+   ``key = float32(base + (bias + sum / scale))``, and offered to a reservoir top-k
+   (``topk.res_*``; with re-ranking k is ``k_factor * k`` and heap pushes cost more than
+   the scan); the threshold is tightened whenever the reservoir's admission key drops.
 
-Lists whose smallest possible key ``float32(base + bias)`` is already above the k-th
-best key are skipped before their table is quantized (the heap could not change), so
-far probes of a query cost only their row-minima pass.
+Lists whose smallest possible key ``float32(base + bias)`` is already above the
+admission key are skipped before their table is quantized (the top-k could not
+change), so far probes of a query cost only their row-minima pass.
 
 The dequantized keys are what is returned (or re-ranked exactly by the caller).
 
@@ -39,11 +40,11 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH, FASTSCAN_ACC_MAX
-from .fastscan import accumulate_block_below, lut_threshold, quantize_lut_into
-from .topk import heap_init, heap_push, heap_sort, merge_one
+from .fastscan import accumulate_block_below, quantize_lut_into
+from .topk import merge_one, res_capacity, res_finish, res_push
 
 __all__ = ["fastscan_batch", "fastscan_serial", "fastscan_single", "dequantize",
-           "query_scale", "scan_query", "shared_scale"]
+           "key_threshold", "query_scale", "scan_query", "shared_scale"]
 
 _FM = set(FASTMATH)
 
@@ -54,36 +55,63 @@ def dequantize(base, bias, scale, s):
     return np.float32(np.float64(base) + (bias + np.float64(s) / scale))
 
 
-@njit(cache=True, fastmath=_FM)
-def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, m, hd, hi_,
-                     acc, backend):
-    """Offer the ``n`` vectors of the list starting at row ``start`` to the heap.
+@njit(cache=True)
+def key_threshold(thr, base, bias, scale):
+    """The uint16-domain admission bound of a list: the int64 t with
+    ``dequantize(base, bias, scale, s) <= thr  <=>  s < t`` for every s in [0, 65535].
 
-    The serial worker; ``acc`` is a uint16 scratch of 32 entries.
+    ``dequantize`` is non-decreasing in s, so the bound is exact: the SIMD mask then
+    holds only lanes that will be admitted (a bound with the tables' rounding slack,
+    ``fastscan.lut_threshold``, let through about four times as many at k = 80, each
+    dequantized for nothing). A first guess from the inverse formula is corrected by
+    evaluating the formula itself, one or two steps.
+    """
+    if not thr < np.inf:
+        return np.int64(FASTSCAN_ACC_MAX + 1)
+    x = (np.float64(thr) - np.float64(base) - bias) * scale
+    if not x >= 0.0:          # below every key (or NaN): check s = 0 itself
+        s = np.int64(-1)
+    elif x >= FASTSCAN_ACC_MAX:
+        s = np.int64(FASTSCAN_ACC_MAX)
+    else:
+        s = np.int64(x)
+    while s < FASTSCAN_ACC_MAX and dequantize(base, bias, scale, s + 1) <= thr:
+        s += 1
+    while s >= 0 and dequantize(base, bias, scale, s) > thr:
+        s -= 1
+    return s + 1
+
+
+@njit(cache=True, fastmath=_FM)
+def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, nres, thr,
+                     k, acc, backend):
+    """Offer the ``n`` vectors of the list starting at row ``start`` to the reservoir
+    (rd, ri) holding ``nres`` pairs under admission key ``thr`` (see ``topk.res_*``);
+    returns the new (nres, thr). The serial worker; ``acc`` is a uint16 scratch of 32.
     """
     b0 = start >> 5
     nb = (n + 31) >> 5
-    thr = lut_threshold(np.float64(hd[0]) - base, bias, scale, m)
+    t16 = key_threshold(thr, base, bias, scale)
     for bb in range(nb):
-        mask = accumulate_block_below(packed, b0 + bb, lut_u8, thr, acc, backend)
+        mask = accumulate_block_below(packed, b0 + bb, lut_u8, t16, acc, backend)
         rem = n - 32 * bb
         if rem < 32:
             mask &= np.uint32((np.uint64(1) << np.uint64(rem)) - np.uint64(1))
         if mask == 0:
             continue
         row0 = start + 32 * bb
-        changed = False
+        old = thr
         v = 0
         while mask != 0:
             if mask & np.uint32(1):
                 key = dequantize(base, bias, scale, acc[v])
-                if key <= hd[0]:
-                    heap_push(hd, hi_, key, ids[row0 + v])
-                    changed = True
+                if key <= thr:
+                    nres, thr = res_push(rd, ri, nres, thr, k, key, ids[row0 + v])
             mask >>= np.uint32(1)
             v += 1
-        if changed:
-            thr = lut_threshold(np.float64(hd[0]) - base, bias, scale, m)
+        if thr != old:
+            t16 = key_threshold(thr, base, bias, scale)
+    return nres, thr
 
 
 # -- per-query shared scale (L2 by residual: one float table per probed list) ----------
@@ -198,14 +226,17 @@ def query_scale(qlut, term, probes_q, sizes, lo, hi):
 
 @njit(cache=True, fastmath=_FM)
 def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_term, lo,
-               hi, lut_u8, acc, hd, hi_, backend):
-    """All probed lists of one query into its heap (hd, hi_); the serial worker.
+               hi, lut_u8, acc, rd, ri, hd, hi_, backend):
+    """All probed lists of one query into its sorted top-k (hd, hi_); the serial worker.
 
     lo (nprobe, m) float32, hi (m,) float32, lut_u8 (2*ceil(m/2), 16) uint8 whose
-    padding row is zero, acc (32,) uint16 are scratch.
+    padding row is zero, acc (32,) uint16, and the reservoir rd, ri
+    (``topk.res_capacity(k)``,) are scratch.
     """
     m = qlut.shape[0]
-    heap_init(hd, hi_)
+    k = hd.shape[0]
+    nres = 0
+    thr = np.float32(np.inf)
     if use_term:
         scale = query_scale(qlut, term, probes_q, sizes, lo, hi)
         bias = 0.0
@@ -218,15 +249,15 @@ def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_ter
         if use_term:
             bias = _pair_bias(lo[p])
         # Every key of the list is float32(base + (bias + s / scale)) with s >= 0, so
-        # >= float32(base + bias): a list whose floor is above the k-th best key cannot
-        # change the heap, and neither its table nor its blocks are needed.
-        if np.float32(np.float64(base_q[p]) + bias) > hd[0]:
+        # >= float32(base + bias): a list whose floor is above the admission key
+        # cannot change the top-k, and neither its table nor its blocks are needed.
+        if np.float32(np.float64(base_q[p]) + bias) > thr:
             continue
         if use_term:
             _quantize_pair(qlut, term[lst], lo[p], scale, lut_u8)
-        scan_list_blocks(packed, ids, starts[lst], sizes[lst], lut_u8, bias, scale,
-                         base_q[p], m, hd, hi_, acc, backend)
-    heap_sort(hd, hi_)
+        nres, thr = scan_list_blocks(packed, ids, starts[lst], sizes[lst], lut_u8, bias,
+                                     scale, base_q[p], rd, ri, nres, thr, k, acc, backend)
+    res_finish(rd, ri, nres, hd, hi_)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -242,13 +273,16 @@ def fastscan_batch(packed, ids, starts, sizes, probes, base, qluts, term, use_te
     nq, nprobe = probes.shape
     m = qluts.shape[1]
     m2 = (m + 1) // 2
+    cap = res_capacity(out_d.shape[1])
     for qi in prange(nq):
         lo = np.empty((nprobe, m), dtype=np.float32)
         hi = np.empty(m, dtype=np.float32)
         lut_u8 = np.zeros((2 * m2, 16), dtype=np.uint8)
         acc = np.empty(32, dtype=np.uint16)
+        rd = np.empty(cap, dtype=np.float32)
+        ri = np.empty(cap, dtype=np.int64)
         scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qluts[qi], term,
-                   use_term, lo, hi, lut_u8, acc, out_d[qi], out_i[qi], backend)
+                   use_term, lo, hi, lut_u8, acc, rd, ri, out_d[qi], out_i[qi], backend)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
@@ -257,14 +291,17 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_t
     """``fastscan_batch`` for few queries: each query prange's over its probed lists.
 
     The shared scale (pass 1) is found serially; probe p then owns row p of the partial
-    top-k and table buffers; partials are merged.
+    top-k, reservoir and table buffers; partials are merged.
     """
     nq, nprobe = probes.shape
     m = qluts.shape[1]
     m2 = (m + 1) // 2
     k = out_d.shape[1]
+    cap = res_capacity(k)
     part_d = np.empty((nprobe, k), dtype=np.float32)
     part_i = np.empty((nprobe, k), dtype=np.int64)
+    rd = np.empty((nprobe, cap), dtype=np.float32)
+    ri = np.empty((nprobe, cap), dtype=np.int64)
     lo = np.empty((nprobe, m), dtype=np.float32)
     hi = np.empty(m, dtype=np.float32)
     lut_u8 = np.zeros((nprobe, 2 * m2, 16), dtype=np.uint8)
@@ -277,20 +314,21 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_t
         else:
             sbias, sscale = quantize_lut_into(qluts[qi], shared_u8)
         for p in prange(nprobe):
-            heap_init(part_d[p], part_i[p])
+            nres = 0
             lst = probes[qi, p]
-            if lst < 0 or sizes[lst] == 0:
-                continue
-            if use_term:
-                bias = _pair_bias(lo[p])
-                _quantize_pair(qluts[qi], term[lst], lo[p], sscale, lut_u8[p])
-                scan_list_blocks(packed, ids, starts[lst], sizes[lst], lut_u8[p], bias,
-                                 sscale, base[qi, p], m, part_d[p], part_i[p], acc[p],
-                                 backend)
-            else:
-                scan_list_blocks(packed, ids, starts[lst], sizes[lst], shared_u8, sbias,
-                                 sscale, base[qi, p], m, part_d[p], part_i[p], acc[p],
-                                 backend)
+            if lst >= 0 and sizes[lst] > 0:
+                if use_term:
+                    _quantize_pair(qluts[qi], term[lst], lo[p], sscale, lut_u8[p])
+                    nres, _ = scan_list_blocks(
+                        packed, ids, starts[lst], sizes[lst], lut_u8[p], _pair_bias(lo[p]),
+                        sscale, base[qi, p], rd[p], ri[p], 0, np.float32(np.inf), k,
+                        acc[p], backend)
+                else:
+                    nres, _ = scan_list_blocks(
+                        packed, ids, starts[lst], sizes[lst], shared_u8, sbias, sscale,
+                        base[qi, p], rd[p], ri[p], 0, np.float32(np.inf), k, acc[p],
+                        backend)
+            res_finish(rd[p], ri[p], nres, part_d[p], part_i[p])
         merge_one(part_d, part_i, out_d[qi], out_i[qi])
 
 
@@ -301,10 +339,13 @@ def fastscan_serial(packed, ids, starts, sizes, probes, base, qluts, term, use_t
     nq, nprobe = probes.shape
     m = qluts.shape[1]
     m2 = (m + 1) // 2
+    cap = res_capacity(out_d.shape[1])
     lo = np.empty((nprobe, m), dtype=np.float32)
     hi = np.empty(m, dtype=np.float32)
     lut_u8 = np.zeros((2 * m2, 16), dtype=np.uint8)
     acc = np.empty(32, dtype=np.uint16)
+    rd = np.empty(cap, dtype=np.float32)
+    ri = np.empty(cap, dtype=np.int64)
     for qi in range(nq):
         scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qluts[qi], term,
-                   use_term, lo, hi, lut_u8, acc, out_d[qi], out_i[qi], backend)
+                   use_term, lo, hi, lut_u8, acc, rd, ri, out_d[qi], out_i[qi], backend)

@@ -27,32 +27,78 @@ def pq_decode(codes, codebooks):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _tables_one(q, codebooks, l2, out):
-    m, ksub, dsub = codebooks.shape
+def _tables_one(q, codebooks_t, l2, out):
+    """out[j, c]: squared distance (l2) or inner product of the query's sub-vector j
+    and centroid c; codebooks_t is (m, dsub, ksub), so the inner loop runs over the
+    ksub centroids and vectorises (one sub-dimension at a time, in order)."""
+    m, dsub, ksub = codebooks_t.shape
     for j in range(m):
         for c in range(ksub):
-            acc = np.float32(0.0)
+            out[j, c] = 0.0
+        for t in range(dsub):
+            qt = q[j * dsub + t]
             if l2:
-                for t in range(dsub):
-                    diff = q[j * dsub + t] - codebooks[j, c, t]
-                    acc += diff * diff
+                for c in range(ksub):
+                    diff = qt - codebooks_t[j, t, c]
+                    out[j, c] += diff * diff
             else:
-                for t in range(dsub):
-                    acc += q[j * dsub + t] * codebooks[j, c, t]
-            out[j, c] = acc
+                for c in range(ksub):
+                    out[j, c] += qt * codebooks_t[j, t, c]
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
-def pq_distance_tables(q, codebooks, l2):
+def pq_distance_tables(q, codebooks_t, l2):
     """Per query, sub-space and code: squared distance (l2) or inner product.
 
-    q: float32 (nq, d); codebooks: float32 (m, ksub, dsub); returns (nq, m, ksub).
+    q: float32 (nq, d); codebooks_t: float32 (m, dsub, ksub), the codebooks with the
+    last two axes swapped (``ProductQuantizer.codebooks_t``); returns (nq, m, ksub).
     """
     nq = q.shape[0]
-    m, ksub, _ = codebooks.shape
+    m, _, ksub = codebooks_t.shape
     out = np.empty((nq, m, ksub), dtype=np.float32)
     for i in prange(nq):
-        _tables_one(q[i], codebooks, l2, out[i])
+        _tables_one(q[i], codebooks_t, l2, out[i])
+    return out
+
+
+# -- search tables: what an IVF-PQ scan adds up, "smaller is better" -------------------
+# TABLE_L2: squared distances (L2 without residual); TABLE_M2IP: -2 q_j.r_jc (L2 by
+# residual, FAISS's decomposition, to which the list's term table is added);
+# TABLE_NIP: -q_j.r_jc (inner-product metrics). Scaling by -2 or -1 is exact, so a table
+# has the same bits wherever it is built.
+TABLE_L2 = 0
+TABLE_M2IP = 1
+TABLE_NIP = 2
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def query_table(q, codebooks_t, kind, out):
+    """The search table (m, ksub) of one float32 query into ``out``."""
+    _tables_one(q, codebooks_t, kind == TABLE_L2, out)
+    if kind != TABLE_L2:
+        f = np.float32(-2.0) if kind == TABLE_M2IP else np.float32(-1.0)
+        for j in range(out.shape[0]):
+            for c in range(out.shape[1]):
+                out[j, c] *= f
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def query_tables(q, codebooks_t, kind):
+    """``query_table`` of every row of q: (nq, m, ksub) float32; prange over queries."""
+    m, _, ksub = codebooks_t.shape
+    out = np.empty((q.shape[0], m, ksub), dtype=np.float32)
+    for i in prange(q.shape[0]):
+        query_table(q[i], codebooks_t, kind, out[i])
+    return out
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def query_tables_serial(q, codebooks_t, kind):
+    """``query_tables`` on the calling thread (a few queries)."""
+    m, _, ksub = codebooks_t.shape
+    out = np.empty((q.shape[0], m, ksub), dtype=np.float32)
+    for i in range(q.shape[0]):
+        query_table(q[i], codebooks_t, kind, out[i])
     return out
 
 

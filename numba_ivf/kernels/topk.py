@@ -13,6 +13,13 @@ key overflowed to +inf still ranks before padding. Callers turn sentinels into
 
 Layers: ``merge_topk`` (Python) -> ``_merge_topk_driver`` (prange over queries) ->
 the serial ``heap_*`` workers, which scan kernels inline into their own loops.
+
+For a large k (re-ranking keeps ``k_factor * k`` candidates) a heap push, a sift-down of
+log2(k) unpredictable levels, costs more than the fast-scan of the code that produced
+it. The ``res_*`` functions keep a *reservoir* instead (FAISS's ReservoirTopN): admitted
+pairs are appended to a buffer of ``RESERVOIR_FACTOR * k`` slots; when it is full a
+quickselect keeps the k best and the admission threshold drops to the k-th best key.
+The result is the same exact top-k (key, then id), whatever the arrival order.
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH
+from .._config import FASTMATH, RESERVOIR_FACTOR
 
 # numba accepts a set (not a frozenset) for fastmath.
 _FM = set(FASTMATH)
 
-__all__ = ["ID_SENTINEL", "heap_init", "heap_push", "heap_sort", "merge_topk"]
+__all__ = ["ID_SENTINEL", "heap_init", "heap_push", "heap_sort", "merge_topk",
+           "res_capacity", "res_push", "res_finish"]
 
 ID_SENTINEL = np.iinfo(np.int64).max
 
@@ -145,3 +153,88 @@ def merge_topk(part_d: np.ndarray, part_i: np.ndarray, k: int):
     out_i = np.empty((nq, k), dtype=np.int64)
     _merge_topk_driver(part_d, part_i, out_d, out_i)
     return out_d, out_i
+
+
+# -- reservoir top-k ----------------------------------------------------------------
+
+@njit(cache=True)
+def res_capacity(k):
+    """Slots of a reservoir for a top-k: RESERVOIR_FACTOR * k (at least k + 1)."""
+    return max(RESERVOIR_FACTOR * k, k + 1)
+
+
+@njit(cache=True, fastmath=_FM)
+def _select_best(rd, ri, n, k):
+    """Reorder the first n pairs so that the k best (key, id) are rd[:k], ri[:k] and
+    rd[k-1] is the k-th best (Lomuto quickselect; ids are unique, so no ties)."""
+    lo = 0
+    hi = n - 1
+    target = k - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        # Median of three as pivot, moved to hi.
+        if _worse(rd[lo], ri[lo], rd[mid], ri[mid]):
+            _swap(rd, ri, lo, mid)
+        if _worse(rd[mid], ri[mid], rd[hi], ri[hi]):
+            _swap(rd, ri, mid, hi)
+            if _worse(rd[lo], ri[lo], rd[mid], ri[mid]):
+                _swap(rd, ri, lo, mid)
+        _swap(rd, ri, mid, hi)
+        pd = rd[hi]
+        pi = ri[hi]
+        store = lo
+        for j in range(lo, hi):
+            if _worse(pd, pi, rd[j], ri[j]):
+                _swap(rd, ri, j, store)
+                store += 1
+        _swap(rd, ri, store, hi)
+        if store == target:
+            return
+        if store < target:
+            lo = store + 1
+        else:
+            hi = store - 1
+
+
+@njit(cache=True, inline="always")
+def _swap(rd, ri, a, b):
+    d = rd[a]
+    i = ri[a]
+    rd[a] = rd[b]
+    ri[a] = ri[b]
+    rd[b] = d
+    ri[b] = i
+
+
+@njit(cache=True, fastmath=_FM, inline="always")
+def res_push(rd, ri, n, thr, k, d, i):
+    """Append (d, i), which the caller admitted with ``d <= thr``, to the reservoir
+    (rd, ri) holding n pairs; returns the new (n, thr). A full reservoir keeps its k
+    best and takes the k-th best key as the new threshold."""
+    rd[n] = d
+    ri[n] = i
+    n += 1
+    if n == rd.shape[0]:
+        _select_best(rd, ri, n, k)
+        n = k
+        thr = rd[k - 1]
+    return n, thr
+
+
+@njit(cache=True, fastmath=_FM)
+def res_finish(rd, ri, n, out_d, out_i):
+    """The sorted top-k (k = len(out_d)) of the reservoir into (out_d, out_i), padded
+    with sentinels."""
+    k = out_d.shape[0]
+    if n > k:
+        _select_best(rd, ri, n, k)
+        n = k
+    heap_init(out_d, out_i)
+    for j in range(n):
+        out_d[j] = rd[j]
+        out_i[j] = ri[j]
+    # The first n slots hold the results, the rest sentinels (which rank last): make
+    # it a max-heap, then heap_sort orders it best first.
+    for pos in range(k // 2 - 1, -1, -1):
+        _sift_down(out_d, out_i, pos, k)
+    heap_sort(out_d, out_i)
