@@ -126,6 +126,26 @@ def test_shared_scale_tables_equal_oracle_and_never_overflow(seed, m, nprobe, sp
             assert not out.any()
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), base=st.floats(-1e3, 1e3),
+       bias=st.floats(-1e3, 1e3), log_scale=st.floats(-6, 6), where=st.floats(-0.1, 1.1))
+def test_key_threshold_is_exact(seed, base, bias, log_scale, where):
+    # s < t exactly for the sums whose dequantized key is admitted (key <= thr), at
+    # every s in [0, 65535]: thresholds below, inside and above the list's key range.
+    from numba_ivf.kernels import fastscan_search as fs
+    scale = 10.0 ** log_scale
+    base = np.float32(base)
+    s = np.arange(65536, dtype=np.float64)
+    keys = (np.float64(base) + (bias + s / scale)).astype(np.float32)  # dequantize
+    thr = np.float32(keys[0] + where * (keys[-1] - keys[0]))
+    if np.random.default_rng(seed).random() < 0.2:
+        thr = keys[np.random.default_rng(seed).integers(65536)]   # exactly a key
+    t = fs.key_threshold(thr, base, bias, scale)
+    assert fs.dequantize(base, bias, scale, 123) == keys[123]
+    np.testing.assert_array_equal(keys <= thr, s < t)
+    assert fs.key_threshold(np.float32(np.inf), base, bias, scale) == 65536
+
+
 def test_residual_decomposition_equals_plain_residual_tables(data):
     # FAISS's L2 decomposition: base + sum_j (qlut + term[l])[j, c_j] must equal the ADC
     # distance sum_j ||(q - c_l)_j - r_j,c_j||^2 from plain residual tables.

@@ -376,6 +376,12 @@ class InvertedLists:
         if self._keys is None or 2 * (self._map_fill + extra) > self._keys.shape[0]:
             self._build_map(self.ntotal + extra)
 
+    def map_arrays(self):
+        """The id map as (keys, vlist, voff, shift) for kernels that look ids up
+        themselves (``kernels.idmap.map_row``); built first if absent."""
+        self._map_ready()
+        return self._keys, self._vlist, self._voff, self._shift
+
     def lookup(self, ids: np.ndarray):
         """(list, offset) of each id, -1 for absent ids. ``ids`` int64 (n,)."""
         self._map_ready()

@@ -15,7 +15,6 @@ import numpy as np
 from .._config import (PQ_FASTSCAN_ALIGN, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
                        PQ_SINGLE_MIN_ROWS, PQ_TRAIN_MAX_POINTS_PER_CENTROID)
 from .._validation import check_choice, check_int
-from ..kernels.topk import ID_SENTINEL
 from ..pq import ProductQuantizer, check_pq_shape
 from ._lists import InvertedLists
 from ._load import register_kind
@@ -302,12 +301,7 @@ class IVFPQ(IVFBase):
 
     def _refine_exact(self, q, keys, ids, k, serial=False):
         from ..kernels.refine import refine
-        L = self._lists
-        valid = ids != ID_SENTINEL
-        lst, off = L.lookup(np.ascontiguousarray(np.where(valid, ids, -1).ravel()))
-        rows = np.where(lst >= 0, L.starts[np.maximum(lst, 0)] + off, -1)
-        return refine(q, L.payload["data"], rows.reshape(ids.shape), ids, k,
-                      self._metric == "l2", parallel=not serial)
+        return refine(q, self._lists, ids, k, self._metric == "l2", parallel=not serial)
 
     # -- persistence -------------------------------------------------------------------
     def _save_params(self) -> dict:
