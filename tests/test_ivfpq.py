@@ -375,3 +375,63 @@ def test_usage_errors_leave_index_unchanged(data):
     plain, _, _ = _filled(8, "l2", n=50)
     with pytest.raises(ValueError, match="k_factor applies only"):
         plain.search(data[1], 5, k_factor=2)
+
+
+@pytest.fixture
+def count_one_query_calls(monkeypatch):
+    """Counts calls of the fused one-query kernels (so a test knows the path was taken)."""
+    from numba_ivf.kernels import pq_one
+    calls = []
+    for name in ("adc_search_one", "fastscan_search_one"):
+        real = getattr(pq_one, name)
+
+        def counting(*args, _real=real):
+            calls.append(1)
+            return _real(*args)
+
+        monkeypatch.setattr(pq_one, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("nbits,metric,by_residual,refine",
+                         [c + (False,) for c in CASES] + [(8, "l2", True, True),
+                                                           (4, "cosine", True, True),
+                                                           (4, "l2", True, True)])
+def test_one_query_kernel_equals_batch_bit_for_bit(nbits, metric, by_residual, refine,
+                                                   data, count_one_query_calls):
+    idx, _, _ = _filled(nbits, metric, by_residual, refine, n=700)
+    q = data[1][:6]
+    kw = {"k_factor": 3} if refine else {}
+    for nprobe, k in ((1, 5), (3, 9), (NLIST, 4), (5 * NLIST, 2)):
+        for i in range(q.shape[0]):
+            refs = [idx.search(q[i:i + 1], k, nprobe=nprobe, path=p, **kw)
+                    for p in ("serial", "batch")]
+            for row in (q[i], q[i:i + 1], q[i].astype(np.float64)):
+                D, I = idx.search(row, k, nprobe=nprobe, **kw)
+                for ref in refs:
+                    np.testing.assert_array_equal(I, ref[1])
+                    np.testing.assert_array_equal(D, ref[0])
+    assert len(count_one_query_calls) == 4 * 6 * 3
+
+
+def test_one_query_kernel_declines_bad_and_big_queries(data, count_one_query_calls,
+                                                       monkeypatch):
+    import numba_ivf.ivf.pq as pqmod
+    idx, _, _ = _filled(4, "l2", refine=True, n=700)
+    row = np.array(data[1][0])
+    row[3] = np.inf
+    with pytest.raises(ValueError, match="q contains NaN or infinity"):
+        idx.search(row, 3, nprobe=2)
+    assert len(count_one_query_calls) == 1          # the kernel saw inf and declined
+    with pytest.raises(TypeError, match="k_factor must be an integer"):
+        idx.search(data[1][0], 3, nprobe=2, k_factor=2.0)
+    assert len(count_one_query_calls) == 1          # not even tried
+    # Lists long enough to split over threads: the kernel declines after its coarse
+    # step and the general path answers, with the same results as the "single" plan.
+    monkeypatch.setattr(pqmod, "PQ_SINGLE_MIN_ROWS", 1)
+    with numba_ivf.threads(2):
+        D, I = idx.search(data[1][1], 6, nprobe=4, k_factor=2)
+        ref = idx.search(data[1][1:2], 6, nprobe=4, k_factor=2, path="single")
+    np.testing.assert_array_equal(I, ref[1])
+    np.testing.assert_array_equal(D, ref[0])
+    assert len(count_one_query_calls) == 2

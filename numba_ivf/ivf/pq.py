@@ -221,7 +221,23 @@ class IVFPQ(IVFBase):
             descending (-inf where missing); PQ approximations, exact with refine.
         I : ndarray of shape (nq, k), int64
             Ids, -1 where fewer than k vectors were found; ties by ascending id.
+
+        Notes
+        -----
+        One C-contiguous float32/float64 row with int ``k``, ``nprobe`` and
+        ``k_factor`` (path "auto") is searched by one fused kernel call
+        (``kernels.pq_one``) with results identical to the same row searched as a
+        batch, unless its probed lists are long enough to split over threads.
         """
+        if path == "auto" and _backend is None and self.is_trained:
+            one = self._one_query(q, k, nprobe)
+            kf = PQ_REFINE_K_FACTOR if k_factor is None else k_factor
+            if (one is not None and type(kf) is int
+                    and 1 <= kf <= PQ_REFINE_K_FACTOR_MAX
+                    and (self._refine or k_factor is None)):
+                out = self._search_one(*one, kf)
+                if out is not None:
+                    return out
         self._check_trained("search")
         q, k, nprobe = self._check_search(q, k, nprobe)
         check_choice("path", path, PQ_SEARCH_PATHS)
@@ -251,6 +267,49 @@ class IVFPQ(IVFBase):
                 keys, ids = self._refine_exact(q, keys, ids, k, serial)
         return self._finish(keys, ids)
 
+    def _search_one(self, q, k, nprobe, k_factor):
+        """One query in one kernel call (``kernels.pq_one``); None if q holds NaN or
+        inf (the general path raises) or its lists are long enough to split."""
+        from ..kernels import fastscan, pq_one
+        from ..kernels.list_scan import METRIC_IP, METRIC_L2
+        from ..kernels.pq_encode import TABLE_L2, TABLE_M2IP, TABLE_NIP
+        L = self._lists
+        l2 = self._metric == "l2"
+        kk = k * k_factor if self._refine else k
+        use_term = l2 and self._by_residual
+        kind = TABLE_M2IP if use_term else (TABLE_L2 if l2 else TABLE_NIP)
+        term = self._term_table() if use_term else self._dummy_term()
+        if self._refine:
+            data = L.payload["data"]
+            mkeys, mvlist, mvoff, mshift = L.map_arrays()
+        else:
+            data, (mkeys, mvlist, mvoff, mshift) = self._dummy_refine()
+        threads = _n_threads()
+        max_rows = PQ_SINGLE_MIN_ROWS * threads if threads > 1 else 1 << 62
+        out_d = np.empty((1, k), dtype=np.float32)
+        out_i = np.empty((1, k), dtype=np.int64)
+        args = (q, self._metric == "cosine", self._centroids_t,
+                METRIC_L2 if l2 else METRIC_IP, nprobe, self._by_residual, max_rows,
+                L.payload["codes"], L.ids, L.starts, L.sizes, self._pq.codebooks_t, kind,
+                term, use_term, kk, self._refine, data, mkeys, mvlist, mvoff, mshift, l2,
+                out_d, out_i)
+        if self._nbits == 8:
+            status = pq_one.adc_search_one(*args)
+        else:
+            status = pq_one.fastscan_search_one(*args, fastscan.BACKEND)
+        return (out_d, out_i) if status == pq_one.DONE else None
+
+    def _dummy_term(self):
+        if getattr(self, "_dummy_term_", None) is None:
+            self._dummy_term_ = np.zeros((1, self._m, self._pq.ksub), dtype=np.float32)
+        return self._dummy_term_
+
+    def _dummy_refine(self):
+        """Typed stand-ins for the refine arrays of an index without refine."""
+        return (np.zeros((1, self._d), dtype=np.float32),
+                (np.full(1, -1, dtype=np.int64), np.zeros(1, dtype=np.int64),
+                 np.zeros(1, dtype=np.int64), 63))
+
     def _table_spec(self, scores):
         """(base (nq, nprobe) float32, table kind, term table, use_term): what a scan
         adds to each query's table (``pq_encode.TABLE_*``) and to each list's key."""
@@ -263,8 +322,7 @@ class IVFPQ(IVFBase):
             base = np.ascontiguousarray(-scores, dtype=np.float32)
         else:
             base = np.zeros(scores.shape, dtype=np.float32)
-        dummy = np.zeros((1, self._m, self._pq.ksub), dtype=np.float32)
-        return base, (TABLE_L2 if l2 else TABLE_NIP), dummy, False
+        return base, (TABLE_L2 if l2 else TABLE_NIP), self._dummy_term(), False
 
     def _tables(self, q, scores, serial=False):
         """Per-pair base (nq, nprobe), per-query tables (nq, m, ksub), term table,

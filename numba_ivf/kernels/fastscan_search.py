@@ -40,6 +40,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH, FASTSCAN_ACC_MAX
+from ._lutquant import quantize_rows
 from .fastscan import accumulate_block_below, quantize_lut_into
 from .topk import merge_one, res_capacity, res_finish, res_push
 
@@ -182,20 +183,10 @@ def shared_scale(rmax, rsum, m):
 @njit(cache=True)
 def _quantize_pair(qlut, term_l, lo, scale, out_u8):
     """out_u8[j, c] = floor((float64(qlut + term_l)[j, c] - lo[j]) * scale + 0.5).
-    Padding rows stay as set.
-
-    One flat loop over the m * 16 entries: LLVM vectorises it (with a runtime overlap
-    check), whereas a 16-trip inner loop is unrolled first and then stays scalar because
-    the stores might alias the table loads.
+    Padding rows stay as set. Vectorised in LLVM IR (``_lutquant``): Numba's loop kept
+    the float -> uint8 conversion scalar, 2.9 us of a ~4 us (query, list) pair at m=112.
     """
-    m = qlut.shape[0]
-    fq = qlut.reshape(m * 16)
-    ft = term_l.reshape(m * 16)
-    fo = out_u8.reshape(out_u8.shape[0] * 16)
-    for i in range(m * 16):
-        v = np.float64(fq[i] + ft[i])
-        # x >= 0.5, so truncation is floor (and vectorises, unlike np.floor)
-        fo[i] = np.uint8(np.int32((v - np.float64(lo[i >> 4])) * scale + 0.5))
+    quantize_rows(qlut, term_l, lo, scale, out_u8)
 
 
 @njit(cache=True)

@@ -33,10 +33,10 @@ from numba import njit, prange
 
 from .._config import FASTMATH
 from ._rowkeys import keys4_ip, keys4_l2
-from .topk import ID_SENTINEL, heap_init, heap_push, heap_sort, merge_one
+from .topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
-           "scan_single", "normalize_rows_into", "coarse_few", "search_one"]
+           "scan_single", "normalize_rows_into", "coarse_few", "query_into", "search_one"]
 
 _FM = set(FASTMATH)  # numba wants a set, not a frozenset
 
@@ -287,6 +287,22 @@ def coarse_few(q, cent_t, metric, out_d, out_i):
 
 # -- one query, one call ------------------------------------------------------------
 
+@njit(cache=True)
+def query_into(q, unit, qf):
+    """qf = float32(q), normalised if ``unit`` (cosine), as the batch path prepares a
+    query (float32 first, then ``_unit_row``); False, qf untouched, if q holds NaN or
+    infinity. q (d,) float32 or float64."""
+    d = q.shape[0]
+    for t in range(d):
+        if not np.isfinite(q[t]):
+            return False
+    for t in range(d):
+        qf[t] = np.float32(q[t])
+    if unit:
+        _unit_row(qf, qf)
+    return True
+
+
 @njit(cache=True, parallel=True, fastmath=_FM)
 def search_one(q, cent_t, data, ids, starts, sizes, metric, unit, nprobe, min_run,
                max_runs, out_d, out_i):
@@ -302,14 +318,9 @@ def search_one(q, cent_t, data, ids, starts, sizes, metric, unit, nprobe, min_ru
     and out_i (1, k) int64 (-1 padding).
     """
     d = q.shape[0]
-    for t in range(d):
-        if not np.isfinite(q[t]):
-            return False
     qf = np.empty(d, dtype=np.float32)
-    for t in range(d):
-        qf[t] = np.float32(q[t])    # the batch path converts to float32 first, too
-    if unit:
-        _unit_row(qf, qf)
+    if not query_into(q, unit, qf):
+        return False
     # Coarse step: the scores of coarse_few (the batch path's for a few queries),
     # split over threads by ranges of centroids when there are enough of them.
     pd = np.empty(nprobe, dtype=np.float32)
@@ -349,10 +360,5 @@ def search_one(q, cent_t, data, ids, starts, sizes, metric, unit, nprobe, min_ru
             _scan_run(qf, data, ids, starts, pl, cum, total * r // n_runs,
                       total * (r + 1) // n_runs, metric, part_d[r], part_i[r])
         merge_one(part_d, part_i, hd, hi_)
-    for j in range(hd.shape[0]):
-        if hi_[j] == ID_SENTINEL:
-            hi_[j] = -1
-            hd[j] = np.inf if metric == METRIC_L2 else -np.inf
-        elif metric != METRIC_L2:
-            hd[j] = -hd[j]
+    to_faiss(hd, hi_, metric == METRIC_L2)
     return True

@@ -33,7 +33,7 @@ from .._config import FASTMATH, RESERVOIR_FACTOR
 _FM = set(FASTMATH)
 
 __all__ = ["ID_SENTINEL", "heap_init", "heap_push", "heap_sort", "merge_topk",
-           "res_capacity", "res_push", "res_finish"]
+           "res_capacity", "res_push", "res_finish", "to_faiss"]
 
 ID_SENTINEL = np.iinfo(np.int64).max
 
@@ -153,6 +153,18 @@ def merge_topk(part_d: np.ndarray, part_i: np.ndarray, k: int):
     out_i = np.empty((nq, k), dtype=np.int64)
     _merge_topk_driver(part_d, part_i, out_d, out_i)
     return out_d, out_i
+
+
+@njit(cache=True)
+def to_faiss(hd, hi, l2):
+    """In place: sorted minimised keys and ids -> FAISS's convention (``-1`` ids with
+    +inf (L2) / -inf distances where missing; inner products negated back)."""
+    for j in range(hd.shape[0]):
+        if hi[j] == ID_SENTINEL:
+            hi[j] = -1
+            hd[j] = np.inf if l2 else -np.inf
+        elif not l2:
+            hd[j] = -hd[j]
 
 
 # -- reservoir top-k ----------------------------------------------------------------
