@@ -139,6 +139,9 @@ PQ_LUT_BUILD_MIN_ROWS = 1
 # Rows per list run of a blocked (4-bit fast-scan) payload: list starts and capacities
 # are multiples of this so every list owns whole packed blocks.
 PQ_FASTSCAN_ALIGN = 32
+# Re-ranking prefetches the first lines of every candidate's row before computing any
+# distance (the hardware prefetcher follows the rest of a long row).
+REFINE_PREFETCH_LINES = 4
 # Default and largest refine factor (candidates re-ranked exactly = k_factor * k).
 PQ_REFINE_K_FACTOR = 4
 PQ_REFINE_K_FACTOR_MAX = 1024

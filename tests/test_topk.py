@@ -23,18 +23,35 @@ def _by_heap(keys, ids, k):
 
 
 @njit(cache=True)
-def _by_reservoir(keys, ids, k):
+def _by_reservoir(keys, ids, k, ordered=True):
+    # The payload is the arrival position: it must stay with its (key, id).
     rd = np.empty(res_capacity(k), np.float32)
     ri = np.empty(res_capacity(k), np.int64)
+    rr = np.empty(res_capacity(k), np.int64)
     n = 0
     thr = np.float32(np.inf)
     for j in range(keys.shape[0]):
         if keys[j] <= thr:
-            n, thr = res_push(rd, ri, n, thr, k, keys[j], ids[j])
+            n, thr = res_push(rd, ri, rr, n, thr, k, keys[j], ids[j], j)
     out_d = np.empty(k, np.float32)
     out_i = np.empty(k, np.int64)
-    res_finish(rd, ri, n, out_d, out_i)
-    return out_d, out_i
+    out_r = np.empty(k, np.int64)
+    res_finish(rd, ri, rr, n, out_d, out_i, out_r, ordered)
+    return out_d, out_i, out_r
+
+
+def _reservoir_checked(keys, ids, k):
+    # Unordered output: the same set (re-ranking's input), in any order.
+    du, iu, _ = _by_reservoir(keys, ids, k, False)
+    d, i, r = _by_reservoir(keys, ids, k, True)
+    order = np.lexsort((iu, du))
+    np.testing.assert_array_equal(iu[order], i)
+    np.testing.assert_array_equal(du[order], d)
+    found = r >= 0
+    np.testing.assert_array_equal(ids[r[found]], i[found])
+    np.testing.assert_array_equal(keys[r[found]], d[found])
+    assert (i[~found] == ID_SENTINEL).all()
+    return d, i
 
 
 def _oracle(keys, ids, k):
@@ -57,7 +74,7 @@ def test_heap_and_reservoir_equal_sorting(seed, n, k, distinct, order):
         keys = np.sort(keys)[::1 if order == "ascending" else -1].copy()
     ids = rng.permutation(10 * n + 1)[:n].astype(np.int64)
     ref_d, ref_i = _oracle(keys, ids, k)
-    for fn in (_by_heap, _by_reservoir):
+    for fn in (_by_heap, _reservoir_checked):
         d, i = fn(keys, ids, k)
         np.testing.assert_array_equal(i, ref_i)
         np.testing.assert_array_equal(d, ref_d)
@@ -68,7 +85,7 @@ def test_reservoir_random_order_many_compactions():
     keys = rng.standard_normal(20000).astype(np.float32)
     ids = rng.permutation(20000).astype(np.int64)
     for k in (1, 2, 10, 80):
-        d, i = _by_reservoir(keys, ids, k)
+        d, i = _reservoir_checked(keys, ids, k)
         ref_d, ref_i = _oracle(keys, ids, k)
         np.testing.assert_array_equal(i, ref_i)
         np.testing.assert_array_equal(d, ref_d)

@@ -22,6 +22,19 @@ from .base import IVFBase, _n_threads
 
 __all__ = ["IVFPQ", "PQ_SEARCH_PATHS"]
 
+_PQ_ONE = None
+
+
+def _pq_one():
+    """The one-query kernel module, imported once (an import statement per search
+    costs a microsecond)."""
+    global _PQ_ONE
+    if _PQ_ONE is None:
+        from ..kernels import pq_one
+        _PQ_ONE = pq_one
+    return _PQ_ONE
+
+
 PQ_SEARCH_PATHS = ("auto", "batch", "single", "serial")
 
 
@@ -262,53 +275,66 @@ class IVFPQ(IVFBase):
             # The serial path stays on the calling thread end to end (tables, scan,
             # refine): for one query each parallel launch costs more than its work.
             serial = path == "serial"
-            self._scan(path, q, scores, probes, keys, ids, backend, serial)
+            rows = self._scan(path, q, scores, probes, keys, ids, backend, serial)
             if self._refine:
-                keys, ids = self._refine_exact(q, keys, ids, k, serial)
+                keys, ids = self._refine_exact(q, keys, ids, k, serial, rows)
         return self._finish(keys, ids)
 
     def _search_one(self, q, k, nprobe, k_factor):
         """One query in one kernel call (``kernels.pq_one``); None if q holds NaN or
         inf (the general path raises) or its lists are long enough to split."""
-        from ..kernels import fastscan, pq_one
-        from ..kernels.list_scan import METRIC_IP, METRIC_L2
-        from ..kernels.pq_encode import TABLE_L2, TABLE_M2IP, TABLE_NIP
         L = self._lists
-        l2 = self._metric == "l2"
-        kk = k * k_factor if self._refine else k
-        use_term = l2 and self._by_residual
-        kind = TABLE_M2IP if use_term else (TABLE_L2 if l2 else TABLE_NIP)
-        term = self._term_table() if use_term else self._dummy_term()
-        if self._refine:
-            data = L.payload["data"]
-            mkeys, mvlist, mvoff, mshift = L.map_arrays()
-        else:
-            data, (mkeys, mvlist, mvoff, mshift) = self._dummy_refine()
+        c = self._one_query_consts()
         threads = _n_threads()
         max_rows = PQ_SINGLE_MIN_ROWS * threads if threads > 1 else 1 << 62
+        if self._refine:
+            data = L.payload["data"]
+            # The 4-bit scan keeps its candidates' rows; 8-bit looks the ids up.
+            idmap = L.map_arrays() if self._nbits == 8 else c["no_map"]
+        else:
+            data, idmap = c["no_data"], c["no_map"]
         out_d = np.empty((1, k), dtype=np.float32)
         out_i = np.empty((1, k), dtype=np.int64)
-        args = (q, self._metric == "cosine", self._centroids_t,
-                METRIC_L2 if l2 else METRIC_IP, nprobe, self._by_residual, max_rows,
-                L.payload["codes"], L.ids, L.starts, L.sizes, self._pq.codebooks_t, kind,
-                term, use_term, kk, self._refine, data, mkeys, mvlist, mvoff, mshift, l2,
-                out_d, out_i)
-        if self._nbits == 8:
-            status = pq_one.adc_search_one(*args)
-        else:
-            status = pq_one.fastscan_search_one(*args, fastscan.BACKEND)
+        pq_one = _pq_one()
+        kernel = pq_one.adc_search_one if self._nbits == 8 else pq_one.fastscan_search_one
+        status = kernel(q, c["unit"], self._centroids_t, c["coarse_metric"], nprobe,
+                        self._by_residual, max_rows, L.payload["codes"], L.ids, L.starts,
+                        L.sizes, self._pq.codebooks_t, c["kind"], c["term"], c["use_term"],
+                        k * k_factor if self._refine else k, self._refine, data, *idmap,
+                        c["l2"], out_d, out_i, *c["backend"])
         return (out_d, out_i) if status == pq_one.DONE else None
+
+    def _one_query_consts(self) -> dict:
+        """Arguments of the one-query kernel fixed by the index's kind and training,
+        built once per trained index (a one-query search should not pay for imports
+        and stand-in arrays on every call). No list arrays: those move on add."""
+        cached = self.__dict__.get("_one_consts")
+        if cached is not None and cached["for"] is self._centroids_t:
+            return cached
+        from ..kernels import fastscan
+        from ..kernels.list_scan import METRIC_IP, METRIC_L2
+        from ..kernels.pq_encode import TABLE_L2, TABLE_M2IP, TABLE_NIP
+        l2 = self._metric == "l2"
+        use_term = l2 and self._by_residual
+        consts = {
+            "for": self._centroids_t, "l2": l2, "use_term": use_term,
+            "unit": self._metric == "cosine",
+            "coarse_metric": METRIC_L2 if l2 else METRIC_IP,
+            "kind": TABLE_M2IP if use_term else (TABLE_L2 if l2 else TABLE_NIP),
+            "term": self._term_table() if use_term else self._dummy_term(),
+            # Typed stand-ins for what a kernel call does not use.
+            "no_data": np.zeros((1, self._d), dtype=np.float32),
+            "no_map": (np.full(1, -1, dtype=np.int64), np.zeros(1, dtype=np.int64),
+                       np.zeros(1, dtype=np.int64), 63),
+            "backend": () if self._nbits == 8 else (fastscan.BACKEND,),
+        }
+        self.__dict__["_one_consts"] = consts
+        return consts
 
     def _dummy_term(self):
         if getattr(self, "_dummy_term_", None) is None:
             self._dummy_term_ = np.zeros((1, self._m, self._pq.ksub), dtype=np.float32)
         return self._dummy_term_
-
-    def _dummy_refine(self):
-        """Typed stand-ins for the refine arrays of an index without refine."""
-        return (np.zeros((1, self._d), dtype=np.float32),
-                (np.full(1, -1, dtype=np.int64), np.zeros(1, dtype=np.int64),
-                 np.zeros(1, dtype=np.int64), 63))
 
     def _table_spec(self, scores):
         """(base (nq, nprobe) float32, table kind, term table, use_term): what a scan
@@ -340,6 +366,7 @@ class IVFPQ(IVFBase):
         return "single" if rows >= PQ_SINGLE_MIN_ROWS * _n_threads() else "serial"
 
     def _scan(self, path, q, scores, probes, keys, ids, backend, serial):
+        """Fill (keys, ids); returns the candidates' arena rows (4-bit) or None."""
         L = self._lists
         codes = L.payload["codes"]
         if self._nbits == 8:
@@ -349,17 +376,20 @@ class IVFPQ(IVFBase):
                   "serial": pq_scan.adc_scan_serial}[path]
             fn(codes, L.ids, L.starts, L.sizes, probes, base, q, self._pq.codebooks_t,
                kind, term, use_term, keys, ids)
-        else:
-            from ..kernels import fastscan_search as fs
-            base, qluts, term, use_term = self._tables(q, scores, serial)
-            fn = {"single": fs.fastscan_single, "batch": fs.fastscan_batch,
-                  "serial": fs.fastscan_serial}[path]
-            fn(codes, L.ids, L.starts, L.sizes, probes, base, qluts, term, use_term,
-               keys, ids, backend)
+            return None
+        from ..kernels import fastscan_search as fs
+        base, qluts, term, use_term = self._tables(q, scores, serial)
+        fn = {"single": fs.fastscan_single, "batch": fs.fastscan_batch,
+              "serial": fs.fastscan_serial}[path]
+        rows = np.empty(keys.shape, dtype=np.int64)
+        fn(codes, L.ids, L.starts, L.sizes, probes, base, qluts, term, use_term, keys, ids,
+           rows, not self._refine, backend)
+        return rows
 
-    def _refine_exact(self, q, keys, ids, k, serial=False):
+    def _refine_exact(self, q, keys, ids, k, serial=False, rows=None):
         from ..kernels.refine import refine
-        return refine(q, self._lists, ids, k, self._metric == "l2", parallel=not serial)
+        return refine(q, self._lists, ids, k, self._metric == "l2", parallel=not serial,
+                      cand_rows=rows)
 
     # -- persistence -------------------------------------------------------------------
     def _save_params(self) -> dict:

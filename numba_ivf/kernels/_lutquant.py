@@ -1,7 +1,7 @@
 """Quantization of a fast-scan pair table to uint8, written in LLVM IR.
 
 ``quantize_rows(qlut, term_l, lo, scale, out_u8)`` writes, for every row j < m and
-column c < 16,
+column c < 16 (``quantize_rows1(lut, lo, scale, out_u8)``: the same with one table),
 
     out_u8[j, c] = floor((float64(qlut[j, c] + term_l[j, c]) - lo[j]) * scale + 0.5)
 
@@ -20,7 +20,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["quantize_rows"]
+__all__ = ["quantize_rows", "quantize_rows1"]
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -36,23 +36,21 @@ def _splat(builder, scalar, vt):
                                   ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count))
 
 
-@intrinsic
-def quantize_rows(typingctx, qlut, term_l, lo, scale, out_u8):
-    def is_arr(a, dtype, ndim):
-        return (isinstance(a, types.Array) and a.dtype == dtype and a.ndim == ndim
-                and a.layout == "C")
+def _is_arr(a, dtype, ndim):
+    return (isinstance(a, types.Array) and a.dtype == dtype and a.ndim == ndim
+            and a.layout == "C")
 
-    if not (is_arr(qlut, types.float32, 2) and is_arr(term_l, types.float32, 2)
-            and is_arr(lo, types.float32, 1) and isinstance(scale, types.Float)
-            and is_arr(out_u8, types.uint8, 2)):
-        return None
 
-    def codegen(context, builder, sig, args):
-        qa = context.make_array(sig.args[0])(context, builder, args[0])
-        ta = context.make_array(sig.args[1])(context, builder, args[1])
-        la = context.make_array(sig.args[2])(context, builder, args[2])
-        oa = context.make_array(sig.args[4])(context, builder, args[4])
-        s = context.cast(builder, args[3], sig.args[3], types.float64)
+def _codegen(two):
+    """Codegen of quantize_rows (two tables summed) or quantize_rows1 (one table)."""
+    i_lo, i_scale, i_out = (2, 3, 4) if two else (1, 2, 3)
+
+    def codegen(context, builder, sig, cargs):
+        qa = context.make_array(sig.args[0])(context, builder, cargs[0])
+        ta = context.make_array(sig.args[1])(context, builder, cargs[1]) if two else None
+        la = context.make_array(sig.args[i_lo])(context, builder, cargs[i_lo])
+        oa = context.make_array(sig.args[i_out])(context, builder, cargs[i_out])
+        s = context.cast(builder, cargs[i_scale], sig.args[i_scale], types.float64)
         vf = ir.VectorType(_F32, _W)
         vd = ir.VectorType(_F64, _W)
         vi = ir.VectorType(_I32, _W)
@@ -72,12 +70,32 @@ def quantize_rows(typingctx, qlut, term_l, lo, scale, out_u8):
                     ptr = builder.bitcast(builder.gep(arr.data, [off]), vt.as_pointer())
                     return builder.load(ptr, align=1)
 
-                v = builder.fadd(vload(qa, vf), vload(ta, vf))
+                v = vload(qa, vf)
+                if two:
+                    v = builder.fadd(v, vload(ta, vf))
                 x = builder.fadd(builder.fmul(builder.fsub(builder.fpext(v, vd), lo_v),
                                               scale_v), half_v)
                 u = builder.trunc(builder.fptosi(x, vi), vb)
                 dst = builder.bitcast(builder.gep(oa.data, [off]), vb.as_pointer())
                 builder.store(u, dst, align=1)
         return context.get_dummy_value()
+    return codegen
 
-    return types.void(qlut, term_l, lo, scale, out_u8), codegen
+
+@intrinsic
+def quantize_rows(typingctx, qlut, term_l, lo, scale, out_u8):
+    """The table qlut + term_l (L2 by residual), quantized into out_u8."""
+    if not (_is_arr(qlut, types.float32, 2) and _is_arr(term_l, types.float32, 2)
+            and _is_arr(lo, types.float32, 1) and isinstance(scale, types.Float)
+            and _is_arr(out_u8, types.uint8, 2)):
+        return None
+    return types.void(qlut, term_l, lo, scale, out_u8), _codegen(True)
+
+
+@intrinsic
+def quantize_rows1(typingctx, lut, lo, scale, out_u8):
+    """One table (a query's own), quantized into out_u8."""
+    if not (_is_arr(lut, types.float32, 2) and _is_arr(lo, types.float32, 1)
+            and isinstance(scale, types.Float) and _is_arr(out_u8, types.uint8, 2)):
+        return None
+    return types.void(lut, lo, scale, out_u8), _codegen(False)

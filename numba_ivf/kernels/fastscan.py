@@ -44,6 +44,7 @@ from numba.extending import (NativeValue, box, models, overload, register_model,
 from .._config import (FASTMATH, FASTSCAN_ACC_MAX, FASTSCAN_BLOCK, FASTSCAN_ENV,
                        FASTSCAN_LIST_CHUNK_BLOCKS, FASTSCAN_MAX_M)
 from . import _simd
+from ._lutquant import quantize_rows1
 
 __all__ = [
     "BACKEND", "BACKENDS", "FASTSCAN_BACKEND", "Backend", "available_backends",
@@ -610,6 +611,7 @@ def quantize_lut_into(lut, out_u8):
     bias = 0.0
     rmax = 0.0
     rsum = 0.0
+    lows = np.empty(m, dtype=lut.dtype)   # row minima, exact in the table's own dtype
     for j in range(m):
         lo = np.float64(lut[j, 0])
         hi = lo
@@ -617,6 +619,7 @@ def quantize_lut_into(lut, out_u8):
             x = np.float64(lut[j, k])
             lo = min(lo, x)
             hi = max(hi, x)
+        lows[j] = lo
         bias += lo
         r = hi - lo
         rmax = max(rmax, r)
@@ -625,17 +628,35 @@ def quantize_lut_into(lut, out_u8):
         scale = min(255.0 / rmax, (FASTSCAN_ACC_MAX - 0.5 * m) / rsum)
     else:
         scale = 1.0
-    for j in range(m):
-        lo = np.float64(lut[j, 0])
-        for k in range(1, 16):
-            lo = min(lo, np.float64(lut[j, k]))
-        for k in range(16):
-            q = np.floor((np.float64(lut[j, k]) - lo) * scale + 0.5)
-            out_u8[j, k] = np.uint8(q)
+    _quantize_entries(lut, lows, scale, out_u8)
     for j in range(m, 2 * m2):
         for k in range(16):
             out_u8[j, k] = 0
     return bias, scale
+
+
+def _quantize_entries(lut, lows, scale, out_u8):
+    """out_u8[j, k] = floor((float64(lut[j, k]) - lows[j]) * scale + 0.5); njit only."""
+    raise NotImplementedError("_quantize_entries is only callable from Numba-compiled code")
+
+
+@overload(_quantize_entries, jit_options={"cache": True})
+def _ol_quantize_entries(lut, lows, scale, out_u8):
+    # The search path's float32 tables take the vectorised LLVM-IR loop (Numba's kept
+    # the float -> uint8 conversion scalar); other dtypes and layouts the plain one.
+    # Both compute the same float64 expression, so the entries are the same.
+    if (isinstance(lut, types.Array) and lut.dtype == types.float32 and lut.layout == "C"
+            and lows.layout == "C" and out_u8.layout == "C"):
+        def impl(lut, lows, scale, out_u8):
+            quantize_rows1(lut, lows, scale, out_u8)
+        return impl
+
+    def impl_loop(lut, lows, scale, out_u8):
+        for j in range(lut.shape[0]):
+            lo = np.float64(lows[j])
+            for k in range(16):
+                out_u8[j, k] = np.uint8(np.floor((np.float64(lut[j, k]) - lo) * scale + 0.5))
+    return impl_loop
 
 
 @njit(parallel=True, cache=True)

@@ -41,8 +41,9 @@ from numba import njit, prange
 
 from .._config import FASTMATH, FASTSCAN_ACC_MAX
 from ._lutquant import quantize_rows
+from ._rowkeys import prefetch_span
 from .fastscan import accumulate_block_below, quantize_lut_into
-from .topk import merge_one, res_capacity, res_finish, res_push
+from .topk import res_capacity, res_finish, res_push
 
 __all__ = ["fastscan_batch", "fastscan_serial", "fastscan_single", "dequantize",
            "key_threshold", "query_scale", "scan_query", "shared_scale"]
@@ -84,11 +85,12 @@ def key_threshold(thr, base, bias, scale):
 
 
 @njit(cache=True, fastmath=_FM)
-def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, nres, thr,
-                     k, acc, backend):
+def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, rr, nres,
+                     thr, k, acc, backend):
     """Offer the ``n`` vectors of the list starting at row ``start`` to the reservoir
-    (rd, ri) holding ``nres`` pairs under admission key ``thr`` (see ``topk.res_*``);
-    returns the new (nres, thr). The serial worker; ``acc`` is a uint16 scratch of 32.
+    (rd, ri, rr: key, id, arena row) holding ``nres`` entries under admission key
+    ``thr`` (see ``topk.res_*``); returns the new (nres, thr). The serial worker;
+    ``acc`` is a uint16 scratch of 32.
     """
     b0 = start >> 5
     nb = (n + 31) >> 5
@@ -107,7 +109,8 @@ def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, n
             if mask & np.uint32(1):
                 key = dequantize(base, bias, scale, acc[v])
                 if key <= thr:
-                    nres, thr = res_push(rd, ri, nres, thr, k, key, ids[row0 + v])
+                    nres, thr = res_push(rd, ri, rr, nres, thr, k, key, ids[row0 + v],
+                                         row0 + v)
             mask >>= np.uint32(1)
             v += 1
         if thr != old:
@@ -217,11 +220,12 @@ def query_scale(qlut, term, probes_q, sizes, lo, hi):
 
 @njit(cache=True, fastmath=_FM)
 def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_term, lo,
-               hi, lut_u8, acc, rd, ri, hd, hi_, backend):
-    """All probed lists of one query into its sorted top-k (hd, hi_); the serial worker.
+               hi, lut_u8, acc, rd, ri, rr, hd, hi_, hr, ordered, backend):
+    """All probed lists of one query into its top-k (hd, hi_, and the arena rows hr,
+    -1 for padding), sorted if ``ordered``; the serial worker.
 
     lo (nprobe, m) float32, hi (m,) float32, lut_u8 (2*ceil(m/2), 16) uint8 whose
-    padding row is zero, acc (32,) uint16, and the reservoir rd, ri
+    padding row is zero, acc (32,) uint16, and the reservoir rd, ri, rr
     (``topk.res_capacity(k)``,) are scratch.
     """
     m = qlut.shape[0]
@@ -233,10 +237,18 @@ def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_ter
         bias = 0.0
     else:
         bias, scale = quantize_lut_into(qlut, lut_u8)
-    for p in range(probes_q.shape[0]):
+    block_bytes = packed.shape[1] * 32
+    nprobe = probes_q.shape[0]
+    for p in range(nprobe):
         lst = probes_q[p]
         if lst < 0 or sizes[lst] == 0:
             continue
+        # The next list's codes, requested now: a list is a few blocks, too short for
+        # the hardware prefetcher to ramp up, and its misses would stall the shuffles.
+        if p + 1 < nprobe and probes_q[p + 1] >= 0:
+            nx = probes_q[p + 1]
+            prefetch_span(packed, (starts[nx] >> 5) * block_bytes,
+                          ((sizes[nx] + 31) >> 5) * block_bytes)
         if use_term:
             bias = _pair_bias(lo[p])
         # Every key of the list is float32(base + (bias + s / scale)) with s >= 0, so
@@ -247,19 +259,22 @@ def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_ter
         if use_term:
             _quantize_pair(qlut, term[lst], lo[p], scale, lut_u8)
         nres, thr = scan_list_blocks(packed, ids, starts[lst], sizes[lst], lut_u8, bias,
-                                     scale, base_q[p], rd, ri, nres, thr, k, acc, backend)
-    res_finish(rd, ri, nres, hd, hi_)
+                                     scale, base_q[p], rd, ri, rr, nres, thr, k, acc,
+                                     backend)
+    res_finish(rd, ri, rr, nres, hd, hi_, hr, ordered)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
 def fastscan_batch(packed, ids, starts, sizes, probes, base, qluts, term, use_term,
-                   out_d, out_i, backend):
+                   out_d, out_i, out_r, ordered, backend):
     """Top-k keys of every query over its probed lists; prange over queries.
 
     packed (cap/32, ceil(m/2), 32) uint8; ids (cap,) int64; starts (multiples of 32) and
     sizes (nlist,) int64; probes (nq, nprobe) int64 (-1 = skip); base (nq, nprobe)
     float32; qluts (nq, m, 16) float32; term (nlist, m, 16) float32 (used iff use_term);
-    out_d (nq, k) float32 keys ascending, out_i (nq, k) int64 (ID_SENTINEL padding).
+    out_d (nq, k) float32 keys ascending, out_i (nq, k) int64 (ID_SENTINEL padding),
+    out_r (nq, k) int64 arena rows (-1 padding); sorted per query if ``ordered`` (else
+    only the set, for re-ranking).
     """
     nq, nprobe = probes.shape
     m = qluts.shape[1]
@@ -272,27 +287,33 @@ def fastscan_batch(packed, ids, starts, sizes, probes, base, qluts, term, use_te
         acc = np.empty(32, dtype=np.uint16)
         rd = np.empty(cap, dtype=np.float32)
         ri = np.empty(cap, dtype=np.int64)
+        rr = np.empty(cap, dtype=np.int64)
         scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qluts[qi], term,
-                   use_term, lo, hi, lut_u8, acc, rd, ri, out_d[qi], out_i[qi], backend)
+                   use_term, lo, hi, lut_u8, acc, rd, ri, rr, out_d[qi], out_i[qi],
+                   out_r[qi], ordered, backend)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
 def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_term,
-                    out_d, out_i, backend):
+                    out_d, out_i, out_r, ordered, backend):
     """``fastscan_batch`` for few queries: each query prange's over its probed lists.
 
-    The shared scale (pass 1) is found serially; probe p then owns row p of the partial
-    top-k, reservoir and table buffers; partials are merged.
+    The shared scale (pass 1) is found serially; probe p then owns row p of the
+    reservoir and table buffers; the probes' survivors are merged through one more
+    reservoir (the k best of all of them, in the same order as one serial pass).
     """
     nq, nprobe = probes.shape
     m = qluts.shape[1]
     m2 = (m + 1) // 2
     k = out_d.shape[1]
     cap = res_capacity(k)
-    part_d = np.empty((nprobe, k), dtype=np.float32)
-    part_i = np.empty((nprobe, k), dtype=np.int64)
     rd = np.empty((nprobe, cap), dtype=np.float32)
     ri = np.empty((nprobe, cap), dtype=np.int64)
+    rr = np.empty((nprobe, cap), dtype=np.int64)
+    nres = np.empty(nprobe, dtype=np.int64)
+    md = np.empty(nprobe * cap, dtype=np.float32)
+    mi = np.empty(nprobe * cap, dtype=np.int64)
+    mr = np.empty(nprobe * cap, dtype=np.int64)
     lo = np.empty((nprobe, m), dtype=np.float32)
     hi = np.empty(m, dtype=np.float32)
     lut_u8 = np.zeros((nprobe, 2 * m2, 16), dtype=np.uint8)
@@ -305,27 +326,33 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_t
         else:
             sbias, sscale = quantize_lut_into(qluts[qi], shared_u8)
         for p in prange(nprobe):
-            nres = 0
+            nres[p] = 0
             lst = probes[qi, p]
             if lst >= 0 and sizes[lst] > 0:
                 if use_term:
                     _quantize_pair(qluts[qi], term[lst], lo[p], sscale, lut_u8[p])
-                    nres, _ = scan_list_blocks(
+                    nres[p], _ = scan_list_blocks(
                         packed, ids, starts[lst], sizes[lst], lut_u8[p], _pair_bias(lo[p]),
-                        sscale, base[qi, p], rd[p], ri[p], 0, np.float32(np.inf), k,
-                        acc[p], backend)
+                        sscale, base[qi, p], rd[p], ri[p], rr[p], 0, np.float32(np.inf),
+                        k, acc[p], backend)
                 else:
-                    nres, _ = scan_list_blocks(
+                    nres[p], _ = scan_list_blocks(
                         packed, ids, starts[lst], sizes[lst], shared_u8, sbias, sscale,
-                        base[qi, p], rd[p], ri[p], 0, np.float32(np.inf), k, acc[p],
-                        backend)
-            res_finish(rd[p], ri[p], nres, part_d[p], part_i[p])
-        merge_one(part_d, part_i, out_d[qi], out_i[qi])
+                        base[qi, p], rd[p], ri[p], rr[p], 0, np.float32(np.inf), k,
+                        acc[p], backend)
+        n = 0
+        for p in range(nprobe):
+            for j in range(nres[p]):
+                md[n] = rd[p, j]
+                mi[n] = ri[p, j]
+                mr[n] = rr[p, j]
+                n += 1
+        res_finish(md, mi, mr, n, out_d[qi], out_i[qi], out_r[qi], ordered)
 
 
 @njit(cache=True, fastmath=_FM)
 def fastscan_serial(packed, ids, starts, sizes, probes, base, qluts, term, use_term,
-                    out_d, out_i, backend):
+                    out_d, out_i, out_r, ordered, backend):
     """``fastscan_batch`` on the calling thread (few queries over short lists)."""
     nq, nprobe = probes.shape
     m = qluts.shape[1]
@@ -337,6 +364,8 @@ def fastscan_serial(packed, ids, starts, sizes, probes, base, qluts, term, use_t
     acc = np.empty(32, dtype=np.uint16)
     rd = np.empty(cap, dtype=np.float32)
     ri = np.empty(cap, dtype=np.int64)
+    rr = np.empty(cap, dtype=np.int64)
     for qi in range(nq):
         scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qluts[qi], term,
-                   use_term, lo, hi, lut_u8, acc, rd, ri, out_d[qi], out_i[qi], backend)
+                   use_term, lo, hi, lut_u8, acc, rd, ri, rr, out_d[qi], out_i[qi],
+                   out_r[qi], ordered, backend)

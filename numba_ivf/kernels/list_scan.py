@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH
-from ._rowkeys import keys4_ip, keys4_l2
+from ._rowkeys import colkeys_ip, colkeys_l2, keys4_ip, keys4_l2
 from .topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
@@ -229,35 +229,21 @@ def normalize_rows_into(x, out):
 
 # -- coarse step for a few queries: a GEMV over the transposed centroids --------------
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True)
 def _coarse_scores(qf, cent_t, metric, out, j0):
     """out[j - j0] for centroids j = j0 .. j0 + len(out) of one float32 query: the
     squared distance (L2) or the negated inner product.
 
-    cent_t is (d, nlist): the inner loop runs over centroids, so it vectorises with no
-    per-centroid horizontal sum, and each key is summed over features in order (the
-    outer loop), so its bits depend neither on how LLVM vectorises nor on the range it
-    is computed in. Not inlined: every caller runs this same machine code, which keeps
-    the paths bit-identical.
+    cent_t is (d, nlist); ``_rowkeys.colkeys_*`` keeps 8 vectors of centroids'
+    accumulators in registers over the features, each key one FMA chain in feature
+    order, so its bits depend neither on vectorisation nor on the range it is computed
+    in: every caller (coarse_few, the one-query kernels, their thread-split coarse
+    step) gets the same keys.
     """
-    d = cent_t.shape[0]
-    nj = out.shape[0]
-    # Unsigned column index: Numba adds no negative-index wraparound to it, which would
-    # otherwise stop the loop from vectorising whenever j0 is not a known constant.
-    u0 = np.uint64(j0)
-    for j in range(nj):
-        out[j] = 0.0
     if metric == METRIC_L2:
-        for t in range(d):
-            qt = qf[t]
-            for j in range(nj):
-                diff = qt - cent_t[t, u0 + np.uint64(j)]
-                out[j] += diff * diff
+        colkeys_l2(qf, cent_t, j0, out)
     else:
-        for t in range(d):
-            qt = qf[t]
-            for j in range(nj):
-                out[j] -= qt * cent_t[t, u0 + np.uint64(j)]
+        colkeys_ip(qf, cent_t, j0, out)
 
 
 @njit(cache=True, fastmath=_FM)

@@ -15,7 +15,8 @@ as a (1, d) batch:
 3. ``pq_encode.query_table``: the query's table;
 4. the serial scan worker: ``pq_scan.scan_query`` (8-bit) or
    ``fastscan_search.scan_query`` (4-bit);
-5. with refine, ``refine.refine_one``; then ``topk.to_faiss``.
+5. with refine, ``refine.refine_rows`` (4-bit: the rows the scan kept; 8-bit: rows
+   looked up from the ids, ``refine.rows_of_ids``); then ``topk.to_faiss``.
 
 Status codes: ``DONE``; ``NOT_FINITE`` (the caller raises through the general path);
 ``TOO_BIG`` when the probed lists hold ``max_rows`` codes or more, where the general
@@ -32,7 +33,7 @@ from .fastscan_search import scan_query as fastscan_query
 from .list_scan import _coarse_one, query_into
 from .pq_encode import query_table
 from .pq_scan import scan_query as adc_query
-from .refine import refine_one
+from .refine import refine_rows, rows_of_ids
 from .topk import res_capacity, to_faiss
 
 __all__ = ["DONE", "NOT_FINITE", "TOO_BIG", "adc_search_one", "fastscan_search_one"]
@@ -64,14 +65,16 @@ def _prologue(q, unit, cent_t, coarse_metric, by_residual, sizes, max_rows,
 
 
 @njit(cache=True, fastmath=_FM)
-def _epilogue(qf, refine, data, cand_d, cand_i, mkeys, mvlist, mvoff, mshift, starts,
-              l2, out_d, out_i):
+def _epilogue(qf, refine, data, cand_d, cand_i, cand_r, mkeys, mvlist, mvoff, mshift,
+              starts, l2, out_d, out_i):
     """Step 5: exact re-ranking of the candidates (or the candidates themselves) into
-    out_d, out_i (1, k) in FAISS's convention."""
+    out_d, out_i (1, k) in FAISS's convention. ``cand_r``: the candidates' arena rows,
+    or an empty array to look the ids up in the map."""
     if refine:
-        rows = np.empty(cand_i.shape[0], dtype=np.int64)
-        refine_one(qf, data, cand_i, mkeys, mvlist, mvoff, mshift, starts, l2, rows,
-                   out_d[0], out_i[0])
+        if cand_r.shape[0] != cand_i.shape[0]:
+            cand_r = np.empty(cand_i.shape[0], dtype=np.int64)
+            rows_of_ids(cand_i, mkeys, mvlist, mvoff, mshift, starts, cand_r)
+        refine_rows(qf, data, cand_r, cand_i, l2, out_d[0], out_i[0])
     else:
         out_d[0, :] = cand_d
         out_i[0, :] = cand_i
@@ -97,8 +100,8 @@ def adc_search_one(q, unit, cent_t, coarse_metric, nprobe, by_residual, max_rows
     cand_i = np.empty(kk, dtype=np.int64)
     adc_query(codes, ids, starts, sizes, lists, base, qlut, term, use_term,
               np.empty((m, ksub), dtype=np.float32), cand_d, cand_i)
-    _epilogue(qf, refine, data, cand_d, cand_i, mkeys, mvlist, mvoff, mshift, starts, l2,
-              out_d, out_i)
+    _epilogue(qf, refine, data, cand_d, cand_i, np.empty(0, dtype=np.int64), mkeys,
+              mvlist, mvoff, mshift, starts, l2, out_d, out_i)
     return DONE
 
 
@@ -121,12 +124,14 @@ def fastscan_search_one(q, unit, cent_t, coarse_metric, nprobe, by_residual, max
         return status
     cand_d = np.empty(kk, dtype=np.float32)
     cand_i = np.empty(kk, dtype=np.int64)
+    cand_r = np.empty(kk, dtype=np.int64)
     cap = res_capacity(kk)
     fastscan_query(packed, ids, starts, sizes, lists, base, qlut, term, use_term,
                    np.empty((nprobe, m), dtype=np.float32), np.empty(m, dtype=np.float32),
                    np.zeros((2 * m2, 16), dtype=np.uint8), np.empty(32, dtype=np.uint16),
-                   np.empty(cap, dtype=np.float32), np.empty(cap, dtype=np.int64), cand_d,
-                   cand_i, backend)
-    _epilogue(qf, refine, data, cand_d, cand_i, mkeys, mvlist, mvoff, mshift, starts, l2,
-              out_d, out_i)
+                   np.empty(cap, dtype=np.float32), np.empty(cap, dtype=np.int64),
+                   np.empty(cap, dtype=np.int64), cand_d, cand_i, cand_r, not refine,
+                   backend)
+    _epilogue(qf, refine, data, cand_d, cand_i, cand_r, mkeys, mvlist, mvoff, mshift,
+              starts, l2, out_d, out_i)
     return DONE
