@@ -136,9 +136,6 @@ BENCH_MAX_INNER = 1000
 # m * ksub adds; summing the two tables per code costs m extra adds per row. So the sum
 # is built only for lists of at least PQ_LUT_BUILD_MIN_ROWS * ksub rows (break-even 1).
 PQ_LUT_BUILD_MIN_ROWS = 1
-# Rows per list run of a blocked (4-bit fast-scan) payload: list starts and capacities
-# are multiples of this so every list owns whole packed blocks.
-PQ_FASTSCAN_ALIGN = 32
 # Re-ranking prefetches the first lines of every candidate's row before computing any
 # distance (the hardware prefetcher follows the rest of a long row).
 REFINE_PREFETCH_LINES = 4

@@ -312,7 +312,44 @@ def test_memory_of_fastscan_lists():
     idx.add(_clustered(6, n))
     mem = idx.memory_bytes
     lists = mem["ids"] + mem["codes"] + mem["refine"] + mem["id_map"]
-    assert lists <= 1.1 * n * (M / 2 + 8) + NLIST * 32 * (M / 2 + 8)
+    # Lists are not padded to whole 32-vector blocks (they share boundary blocks), so
+    # the bound holds without a per-list allowance.
+    assert lists <= 1.1 * n * (M / 2 + 8)
+    starts, sizes = idx._lists.starts, idx._lists.sizes
+    assert (starts % 32).any()                       # some list starts inside a block
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), batches=st.lists(st.integers(1, 90), min_size=1,
+                                                         max_size=6),
+       removals=st.integers(0, 60))
+def test_fastscan_lists_under_adds_and_removes_equal_fresh_build(seed, batches, removals):
+    # Small batches make lists outgrow their room again and again: runs that start and
+    # end inside blocks are moved vector by vector (and compacted); the result must be
+    # exactly a fresh index holding the same vectors.
+    rng = np.random.default_rng(seed)
+    a = _trained(4, "l2")
+    xs, ids, next_id = [], [], 0
+    for size in batches:
+        x = _clustered(int(rng.integers(1 << 30)), size)
+        new = np.arange(next_id, next_id + size, dtype=np.int64) * 3
+        a.add(x, new)
+        xs.append(x)
+        ids.append(new)
+        next_id += size
+    x, ids = np.concatenate(xs), np.concatenate(ids)
+    gone = rng.choice(ids, min(removals, len(ids)), replace=False)
+    assert a.remove(gone) == len(gone)
+    keep = ~np.isin(ids, gone)
+    b = _trained(4, "l2")
+    b.add(x[keep], ids[keep])
+    q = _clustered(9, 5)
+    Da, Ia = a.search(q, 15, nprobe=NLIST)
+    Db, Ib = b.search(q, 15, nprobe=NLIST)
+    np.testing.assert_array_equal(Ia, Ib)
+    np.testing.assert_array_equal(Da, Db)
+    for i in ids[keep][:3]:
+        np.testing.assert_array_equal(a.reconstruct(int(i)), b.reconstruct(int(i)))
 
 
 def test_padding_lanes_and_k_larger_than_index():

@@ -17,11 +17,13 @@ of arrays.
 * Arrays may start read-only (memory-mapped from a file): the first mutation copies them
   to memory.
 * Blocked nibble payloads (4-bit PQ fast-scan, ``("nibbles", m)``) are stored in the
-  ``fastscan`` packed layout, shape (capacity / 32, ceil(m/2), 32): row r is vector
-  ``r % 32`` of block ``r // 32``. With one of them the lists are built with ``align=32``:
-  every start and capacity is a multiple of 32, so each list owns whole blocks; moving a
-  list copies whole blocks, an append packs codes at the list's tail, and swap-with-last
-  moves one vector's bytes (one per pair of sub-quantizers) between lanes.
+  ``fastscan`` packed layout, shape (ceil(capacity / 32), ceil(m/2), 32): row r is vector
+  ``r % 32`` of block ``r // 32``. Lists need not start on a block: neighbouring lists
+  share the block at their boundary (a scan masks the other list's lanes), so no list
+  is padded to whole blocks (that padding cost 16-29% of a 4-bit index's codes at
+  ~60-100 vectors per list). Moving a run of rows copies each vector's bytes (one per
+  pair of sub-quantizers) between lanes, unless the run and its target are whole
+  blocks; an append packs codes at the list's tail; swap-with-last moves one vector.
 
 The id map is an open-addressing hash table (linear probing, tombstones) held in three
 int64 arrays, built lazily the first time it is needed (a search-only loaded index never
@@ -133,6 +135,23 @@ def _scatter_nibbles(packed, slots, codes):
             packed[b, t, p] = np.uint8(lo | (hi << 4))
 
 
+@njit(cache=True, parallel=True)
+def _copy_nibble_runs(src, dst, src_starts, dst_starts, lengths):
+    """Nibble payload: copy runs of rows vector by vector (each row's m2 bytes from its
+    lane to the target's lane). Target runs must not overlap; two runs may share a block
+    (lists need not start on one), but never a byte, so prange over runs is safe."""
+    for r in prange(lengths.shape[0]):
+        a = src_starts[r]
+        b = dst_starts[r]
+        for o in range(lengths[r]):
+            bs = (a + o) >> 5
+            ps = _lane_byte(a + o)
+            bd = (b + o) >> 5
+            pd = _lane_byte(b + o)
+            for t in range(src.shape[1]):
+                dst[bd, t, pd] = src[bs, t, ps]
+
+
 @njit(cache=True)
 def _apply_nibble_moves(packed, move_dst, move_src, n_moves):
     for mv in range(n_moves):
@@ -173,9 +192,6 @@ class InvertedLists:
         self._nibbles = {name: int(dt) for name, (w, dt) in payload.items()
                          if isinstance(w, str)}
         self.align = int(align)
-        if self._nibbles and self.align % FASTSCAN_BLOCK:
-            raise ValueError(f"nibble payloads need align to be a multiple of "
-                             f"{FASTSCAN_BLOCK}; got align={align}.")
         self.starts = np.zeros(self.nlist, dtype=np.int64)
         self.caps = np.zeros(self.nlist, dtype=np.int64)
         self.sizes = np.zeros(self.nlist, dtype=np.int64)
@@ -240,7 +256,7 @@ class InvertedLists:
                 raise ValueError(f"array {name!r} is missing")
             arr = arrays[name]
             if name in self._nibbles:
-                shape, dtype = ((n // FASTSCAN_BLOCK, (self._nibbles[name] + 1) // 2,
+                shape, dtype = ((-(-n // FASTSCAN_BLOCK), (self._nibbles[name] + 1) // 2,
                                  FASTSCAN_BLOCK), np.dtype(np.uint8))
             else:
                 shape, dtype = (n, int(w)), np.dtype(dt)
@@ -271,18 +287,22 @@ class InvertedLists:
     def _alloc(self, name: str, rows: int) -> np.ndarray:
         """A zeroed arena of ``rows`` rows for payload ``name``."""
         if name in self._nibbles:
-            return np.zeros((rows // FASTSCAN_BLOCK, (self._nibbles[name] + 1) // 2,
+            return np.zeros((-(-rows // FASTSCAN_BLOCK), (self._nibbles[name] + 1) // 2,
                              FASTSCAN_BLOCK), dtype=np.uint8)
         width, dtype = self._spec[name]
         return np.zeros((rows, int(width)), dtype=np.dtype(dtype))
 
     def _copy_payload(self, name, src, dst, src_starts, dst_starts, lengths):
-        """Copy runs of rows; a nibble payload copies the whole blocks of each run."""
-        if name in self._nibbles:
-            _copy_runs(src, dst, src_starts // FASTSCAN_BLOCK, dst_starts // FASTSCAN_BLOCK,
-                       -(-lengths // FASTSCAN_BLOCK))
-        else:
+        """Copy runs of rows. A nibble payload copies whole blocks when every run and
+        target starts on a block and ends on one (or at the end of the arena's live
+        rows), else vector by vector between lanes."""
+        if name not in self._nibbles:
             _copy_runs(src, dst, src_starts, dst_starts, lengths)
+        elif not ((src_starts | dst_starts | lengths) % FASTSCAN_BLOCK).any():
+            _copy_runs(src, dst, src_starts // FASTSCAN_BLOCK, dst_starts // FASTSCAN_BLOCK,
+                       lengths // FASTSCAN_BLOCK)
+        else:
+            _copy_nibble_runs(src, dst, src_starts, dst_starts, lengths)
 
     def codes_of_row(self, name: str, row: int, m: int) -> np.ndarray:
         """Payload ``name`` of one arena row, (width,) (nibble payloads: (m,) uint8)."""
@@ -325,7 +345,8 @@ class InvertedLists:
         self.ids = ids
         for name, arr in self.payload.items():
             grown = self._alloc(name, new_cap)
-            used = self.used // FASTSCAN_BLOCK if name in self._nibbles else self.used
+            # Nibbles: the last used block may be partly used, copy it too.
+            used = -(-self.used // FASTSCAN_BLOCK) if name in self._nibbles else self.used
             grown[:used] = arr[:used]
             self.payload[name] = grown
 

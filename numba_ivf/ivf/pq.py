@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._config import (PQ_FASTSCAN_ALIGN, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
+from .._config import (PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
                        PQ_SINGLE_MIN_ROWS, PQ_TRAIN_MAX_POINTS_PER_CENTROID)
 from .._validation import check_choice, check_int
 from ..pq import ProductQuantizer, check_pq_shape
@@ -102,13 +102,11 @@ class IVFPQ(IVFBase):
     def _new_lists(self) -> InvertedLists:
         if self._nbits == 4:
             payload = {"codes": ("nibbles", self._m)}
-            align = PQ_FASTSCAN_ALIGN
         else:
             payload = {"codes": (self._m, np.uint8)}
-            align = 1
         if self._refine:
             payload["data"] = (self._d, np.float32)
-        return InvertedLists(self._nlist, payload, align=align)
+        return InvertedLists(self._nlist, payload)
 
     # -- read-only properties ----------------------------------------------------------
     @property

@@ -1,10 +1,10 @@
 """IVF-PQ search with 4-bit codes: quantized tables, SIMD block sums, filtered top-k.
 
-Storage: a "blocked nibble" arena ``packed`` of shape (capacity / 32, ceil(m/2), 32)
-(``fastscan`` layout); list l owns the whole blocks ``starts[l] // 32 ...`` (starts are
-multiples of 32), its first ``sizes[l]`` vectors are live, the rest of its last block is
-padding whose lanes are masked off here. ``ids`` is the row arena beside it (row r is
-vector ``r % 32`` of block ``r // 32``).
+Storage: a "blocked nibble" arena ``packed`` of shape (ceil(capacity / 32), ceil(m/2),
+32) (``fastscan`` layout); list l is rows ``[starts[l], starts[l] + sizes[l])``, which
+need not begin or end on a block: the blocks covering them are scanned whole and the
+lanes of neighbouring lists masked off here (no padding is stored). ``ids`` is the row
+arena beside it (row r is vector ``r % 32`` of block ``r // 32``).
 
 Per (query, probed list):
 
@@ -92,17 +92,23 @@ def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, r
     ``thr`` (see ``topk.res_*``); returns the new (nres, thr). The serial worker;
     ``acc`` is a uint16 scratch of 32.
     """
+    if n == 0:
+        return nres, thr
+    # Lists need not start on a block: the blocks [b0, b1] cover rows [start, end), and
+    # the lanes of the first and last block outside them belong to other lists.
+    end = start + n
     b0 = start >> 5
-    nb = (n + 31) >> 5
+    b1 = (end - 1) >> 5
     t16 = key_threshold(thr, base, bias, scale)
-    for bb in range(nb):
-        mask = accumulate_block_below(packed, b0 + bb, lut_u8, t16, acc, backend)
-        rem = n - 32 * bb
-        if rem < 32:
-            mask &= np.uint32((np.uint64(1) << np.uint64(rem)) - np.uint64(1))
+    for b in range(b0, b1 + 1):
+        mask = accumulate_block_below(packed, b, lut_u8, t16, acc, backend)
+        row0 = 32 * b
+        if row0 < start:
+            mask &= ~np.uint32((np.uint64(1) << np.uint64(start - row0)) - np.uint64(1))
+        if end - row0 < 32:
+            mask &= np.uint32((np.uint64(1) << np.uint64(end - row0)) - np.uint64(1))
         if mask == 0:
             continue
-        row0 = start + 32 * bb
         old = thr
         v = 0
         while mask != 0:
@@ -248,7 +254,8 @@ def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_ter
         if p + 1 < nprobe and probes_q[p + 1] >= 0:
             nx = probes_q[p + 1]
             prefetch_span(packed, (starts[nx] >> 5) * block_bytes,
-                          ((sizes[nx] + 31) >> 5) * block_bytes)
+                          (((starts[nx] + sizes[nx] + 31) >> 5) - (starts[nx] >> 5))
+                          * block_bytes)
         if use_term:
             bias = _pair_bias(lo[p])
         # Every key of the list is float32(base + (bias + s / scale)) with s >= 0, so
@@ -269,8 +276,8 @@ def fastscan_batch(packed, ids, starts, sizes, probes, base, qluts, term, use_te
                    out_d, out_i, out_r, ordered, backend):
     """Top-k keys of every query over its probed lists; prange over queries.
 
-    packed (cap/32, ceil(m/2), 32) uint8; ids (cap,) int64; starts (multiples of 32) and
-    sizes (nlist,) int64; probes (nq, nprobe) int64 (-1 = skip); base (nq, nprobe)
+    packed (ceil(cap/32), ceil(m/2), 32) uint8; ids (cap,) int64; starts and sizes
+    (nlist,) int64 (a list may start inside a block); probes (nq, nprobe) int64 (-1 = skip); base (nq, nprobe)
     float32; qluts (nq, m, 16) float32; term (nlist, m, 16) float32 (used iff use_term);
     out_d (nq, k) float32 keys ascending, out_i (nq, k) int64 (ID_SENTINEL padding),
     out_r (nq, k) int64 arena rows (-1 padding); sorted per query if ``ordered`` (else
