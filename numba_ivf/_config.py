@@ -133,9 +133,14 @@ BENCH_MAX_INNER = 1000
 
 # -- IVF-PQ ------------------------------------------------------------------------
 # 8-bit L2-by-residual scan: a list's table is qlut + term[list]. Building that sum costs
-# m * ksub adds; summing the two tables per code costs m extra adds per row. So the sum
-# is built only for lists of at least PQ_LUT_BUILD_MIN_ROWS * ksub rows (break-even 1).
+# m * ksub adds; summing the two tables per code costs m extra adds (and loads) per row.
+# So the two tables are summed per code only for lists shorter than
+# PQ_LUT_BUILD_MIN_ROWS * ksub rows (break-even 1) AND while both fit in L1 together
+# (m * ksub * 8 bytes <= PQ_LUT_TWO_TABLES_MAX_BYTES): at fashion-mnist-784's m=56 they
+# take 114 KB, and the second load per code came from L2 (0.5-0.6x FAISS's QPS, which
+# always builds the sum).
 PQ_LUT_BUILD_MIN_ROWS = 1
+PQ_LUT_TWO_TABLES_MAX_BYTES = 32 * 1024
 # Re-ranking prefetches the first lines of every candidate's row before computing any
 # distance (the hardware prefetcher follows the rest of a long row).
 REFINE_PREFETCH_LINES = 4

@@ -12,7 +12,8 @@ minimised, ties to the lower id (``topk``). The caller chooses what the tables m
   ``lut = qlut + term[l]`` with ``qlut[j, c] = -2 q_j.r_jc`` (one table per query)
   and ``term[l, j, c] = ||r_jc||^2 + 2 c_l,j.r_jc`` (precomputed per list).
   A list shorter than ``PQ_LUT_BUILD_MIN_ROWS * ksub`` rows sums the two tables on the
-  fly (2 loads per code) instead of paying m * ksub adds to build their sum.
+  fly (2 loads per code) instead of paying m * ksub adds to build their sum, if both
+  tables fit in L1 together (``PQ_LUT_TWO_TABLES_MAX_BYTES``).
 * inner product (by residual or not) and L2 without residual: one table per query,
   shared by every list (``use_term`` False); base = -q.c_l (ip by residual) or 0.
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, PQ_LUT_BUILD_MIN_ROWS
+from .._config import FASTMATH, PQ_LUT_BUILD_MIN_ROWS, PQ_LUT_TWO_TABLES_MAX_BYTES
 from .pq_encode import query_table
 from .topk import heap_init, heap_push, heap_sort, merge_one
 
@@ -100,7 +101,7 @@ def scan_pair(codes, ids, starts, sizes, lst, qlut, term, use_term, base, scratc
     m, ksub = qlut.shape
     if not use_term:
         _adc_rows(codes, ids, s, s + n, qlut, qlut, False, base, hd, hi_)
-    elif n < PQ_LUT_BUILD_MIN_ROWS * ksub:
+    elif n < PQ_LUT_BUILD_MIN_ROWS * ksub and 8 * m * ksub <= PQ_LUT_TWO_TABLES_MAX_BYTES:
         _adc_rows(codes, ids, s, s + n, qlut, term[lst], True, base, hd, hi_)
     else:
         for j in range(m):
