@@ -472,3 +472,21 @@ def test_one_query_kernel_declines_bad_and_big_queries(data, count_one_query_cal
     np.testing.assert_array_equal(I, ref[1])
     np.testing.assert_array_equal(D, ref[0])
     assert len(count_one_query_calls) == 2
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_one_query_kernel_with_split_coarse_step_equals_batch(nbits, data, monkeypatch,
+                                                              count_one_query_calls):
+    # Tiny runs force the thread-split coarse step of the fused kernel.
+    import numba_ivf.ivf.pq as pqmod
+    idx, _, _ = _filled(nbits, "l2", refine=nbits == 4, n=700)
+    q = data[1][:5]
+    kw = {"k_factor": 2} if nbits == 4 else {}
+    refs = [idx.search(q[i:i + 1], 7, nprobe=3, path="serial", **kw) for i in range(5)]
+    monkeypatch.setattr(pqmod, "IVF_ONE_QUERY_MIN_RUN", 1)
+    with numba_ivf.threads(2):
+        for i in range(5):
+            D, I = idx.search(q[i], 7, nprobe=3, **kw)
+            np.testing.assert_array_equal(I, refs[i][1])
+            np.testing.assert_array_equal(D, refs[i][0])
+    assert len(count_one_query_calls) == 5

@@ -79,21 +79,26 @@ def test_machine_code_is_packed_fma():
 
 @pytest.mark.parametrize("d, n", [(1, 1), (3, 7), (5, 63), (50, 130), (16, 1024), (784, 70)])
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_column_keys_match_oracle_and_do_not_depend_on_the_range(d, n, metric):
-    # The coarse GEMV over transposed centroids: 8-vector blocks, single vectors and
-    # single columns must give the same bits for a column whatever range holds it.
+def test_panel_keys_match_oracle_and_do_not_depend_on_the_range(d, n, metric):
+    # The coarse GEMV of a few queries over the tiled kernel's centroid panels: groups of
+    # four panels and single panels must give the same bits for a centroid whatever
+    # range of panels holds it.
+    from numba_ivf.kernels.assign import prepare_centroids
     from numba_ivf.kernels.list_scan import METRIC_IP, METRIC_L2, _coarse_scores
     code = METRIC_L2 if metric == "l2" else METRIC_IP
     rng = np.random.default_rng(d * 1000 + n)
-    cent_t = rng.standard_normal((d, n)).astype(np.float32)
+    cent = rng.standard_normal((n, d)).astype(np.float32)
     q = rng.standard_normal(d).astype(np.float32)
-    full = np.empty(n, np.float32)
-    _coarse_scores(q, cent_t, code, full, 0)
-    c64 = cent_t.astype(np.float64)
-    ref = ((q[:, None] - c64) ** 2).sum(0) if metric == "l2" else -(q.astype(np.float64) @ c64)
-    np.testing.assert_allclose(full, ref, rtol=2e-6 * np.sqrt(d), atol=1e-5 * np.sqrt(d))
-    for j0 in sorted({0, min(1, n), min(9, n), n // 2, n - 1}):
-        for j1 in sorted({j0, min(j0 + 1, n), min(j0 + 70, n), n}):
-            part = np.empty(j1 - j0, np.float32)
-            _coarse_scores(q, cent_t, code, part, j0)
-            np.testing.assert_array_equal(part, full[j0:j1])
+    panels = prepare_centroids(cent, metric == "l2").panels
+    npanel, _, nr = panels.shape
+    full = np.empty(npanel * nr, np.float32)
+    _coarse_scores(q, panels, code, full, 0)
+    c64 = cent.astype(np.float64)
+    ref = ((c64 - q) ** 2).sum(1) if metric == "l2" else -(c64 @ q)
+    np.testing.assert_allclose(full[:n], ref, rtol=2e-6 * np.sqrt(d),
+                               atol=1e-5 * np.sqrt(d))
+    for p0 in sorted({0, min(1, npanel - 1), npanel // 2, npanel - 1}):
+        for p1 in sorted({p0 + 1, min(p0 + 5, npanel), npanel}):
+            part = np.empty((p1 - p0) * nr, np.float32)
+            _coarse_scores(q, panels, code, part, p0)
+            np.testing.assert_array_equal(part, full[p0 * nr:p1 * nr])

@@ -161,15 +161,13 @@ class IVFBase:
     def _set_centroids(self, centroids: np.ndarray):
         from ..kernels.assign import prepare_centroids
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        # (d, nlist) copy for the one-query coarse GEMV (list_scan.coarse_few).
-        self._centroids_t = np.ascontiguousarray(self._centroids.T)
         self._prepared = prepare_centroids(self._centroids, self._metric == "l2")
 
     def _coarse(self, x: np.ndarray, p: int):
         """The p best lists of each (prepared) row, best first: (scores, lists); scores
         are squared distances ("l2") or inner products.
 
-        A few queries take a GEMV over the transposed centroids (the tiled kernel's
+        A few queries take a GEMV over the centroid panels (the tiled kernel's
         register block is built for many rows; the one-query kernels run the same code,
         so one query gets the same lists and scores either way); larger batches use the
         tiled kernel. The choice depends only on the number of rows, never on the path.
@@ -180,7 +178,8 @@ class IVFBase:
             keys = np.empty((x.shape[0], p), dtype=np.float32)
             lists = np.empty((x.shape[0], p), dtype=np.int64)
             l2 = self._metric == "l2"
-            coarse_few(x, self._centroids_t, METRIC_L2 if l2 else METRIC_IP, keys, lists)
+            coarse_few(x, self._prepared.panels, self._nlist, METRIC_L2 if l2 else METRIC_IP,
+                       keys, lists)
             if not l2:
                 np.negative(keys, out=keys)   # minimised keys -> scores (exact)
             return keys, lists

@@ -141,7 +141,8 @@ class IVFFlat(IVFBase):
         out_d = np.empty((1, k), dtype=np.float32)
         out_i = np.empty((1, k), dtype=np.int64)
         # Module globals read at call time, so tests can shrink the runs.
-        ok = list_scan.search_one(q, self._centroids_t, L.payload["data"], L.ids, L.starts, L.sizes,
+        ok = list_scan.search_one(q, self._prepared.panels, L.payload["data"], L.ids,
+                                  L.starts, L.sizes,
                                   self._metric_code, self._metric == "cosine", nprobe,
                                   IVF_ONE_QUERY_MIN_RUN,
                                   IVF_SINGLE_RUNS_PER_THREAD * _n_threads(),

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._config import (PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
-                       PQ_SINGLE_MIN_ROWS, PQ_TRAIN_MAX_POINTS_PER_CENTROID)
+from .._config import (IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
+                       PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX, PQ_SINGLE_MIN_ROWS,
+                       PQ_TRAIN_MAX_POINTS_PER_CENTROID)
 from .._validation import check_choice, check_int
 from ..pq import ProductQuantizer, check_pq_shape
 from ._lists import InvertedLists
@@ -295,7 +296,8 @@ class IVFPQ(IVFBase):
         out_i = np.empty((1, k), dtype=np.int64)
         pq_one = _pq_one()
         kernel = pq_one.adc_search_one if self._nbits == 8 else pq_one.fastscan_search_one
-        status = kernel(q, c["unit"], self._centroids_t, c["coarse_metric"], nprobe,
+        status = kernel(q, c["unit"], self._prepared.panels, c["coarse_metric"],
+                        IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD * threads, nprobe,
                         self._by_residual, max_rows, L.payload["codes"], L.ids, L.starts,
                         L.sizes, self._pq.codebooks_t, c["kind"], c["term"], c["use_term"],
                         k * k_factor if self._refine else k, self._refine, data, *idmap,
@@ -307,7 +309,7 @@ class IVFPQ(IVFBase):
         built once per trained index (a one-query search should not pay for imports
         and stand-in arrays on every call). No list arrays: those move on add."""
         cached = self.__dict__.get("_one_consts")
-        if cached is not None and cached["for"] is self._centroids_t:
+        if cached is not None and cached["for"] is self._prepared:
             return cached
         from ..kernels import fastscan
         from ..kernels.list_scan import METRIC_IP, METRIC_L2
@@ -315,7 +317,7 @@ class IVFPQ(IVFBase):
         l2 = self._metric == "l2"
         use_term = l2 and self._by_residual
         consts = {
-            "for": self._centroids_t, "l2": l2, "use_term": use_term,
+            "for": self._prepared, "l2": l2, "use_term": use_term,
             "unit": self._metric == "cosine",
             "coarse_metric": METRIC_L2 if l2 else METRIC_IP,
             "kind": TABLE_M2IP if use_term else (TABLE_L2 if l2 else TABLE_NIP),

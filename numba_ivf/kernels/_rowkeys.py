@@ -28,9 +28,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .._config import ASSIGN_NR as NR
 from .._config import ASSIGN_VW as VW
 
-__all__ = ["keys4_l2", "keys4_ip", "key1_l2", "key1_ip", "colkeys_l2", "colkeys_ip",
+__all__ = ["keys4_l2", "keys4_ip", "key1_l2", "key1_ip", "panelkeys_l2", "panelkeys_ip",
            "prefetch_row", "prefetch_span"]
 
 _I32 = ir.IntType(32)
@@ -157,42 +158,44 @@ key1_l2 = _make(1, True)
 key1_ip = _make(1, False)
 
 
-# -- keys of one query against the columns of a transposed matrix -----------------------
-# ``colkeys_l2(q, cent_t, j0, out)`` / ``colkeys_ip``: out[j] = key of column j0 + j of
-# cent_t (d, n), for j < len(out): sum_t (q[t] - cent_t[t, j0+j])^2, or
-# -sum_t q[t] * cent_t[t, j0+j]. Each key is one FMA chain over t in order, so its bits
-# do not depend on which of the three loops (8 vectors of columns at a time, one vector,
-# one column) computed it. The eight accumulators stay in registers for the whole walk
-# over t; Numba's loop over a scores array loaded and stored every score once per
-# feature (the IVF coarse step of one query: 9 of its 30 us at glove-50, 1024 lists).
+# -- keys of one query against centroid panels ------------------------------------------
+# ``panelkeys_l2(q, panels, p0, out)`` / ``panelkeys_ip``: panels is the tiled kernel's
+# centroid layout (npanel, d, NR) (``assign.prepare_centroids``), and out[j] is the key
+# of column j % NR of panel p0 + j // NR for j < len(out) (a multiple of NR):
+# sum_t (q[t] - panels[p, t, c])^2, or -sum_t q[t] * panels[p, t, c]. Each key is one
+# FMA chain over t in order, so its bits do not depend on which loop (four panels at a
+# time, or one) or which range computed it. Four panels give eight vector accumulators
+# in registers and four contiguous streams; over a (d, nlist) transposed matrix the same
+# walk read 4 KB-strided rows (a new page per feature), and a loop over a scores array
+# loaded and stored every score once per feature (at glove-50: 9 -> 4 us; at
+# fashion-mnist-784, 3 MB of centroids per query, the memory walk dominates).
 
-_COL_VECS = 8
+_PANEL_GROUP = 4
 
 
-def _make_cols(l2: bool):
-    def impl(typingctx, q, cent_t, j0, out):
+def _make_panels(l2: bool):
+    def impl(typingctx, q, panels, p0, out):
         f32 = types.float32
         if not (isinstance(q, types.Array) and q.dtype == f32 and q.ndim == 1
-                and q.layout == "C" and isinstance(cent_t, types.Array)
-                and cent_t.dtype == f32 and cent_t.ndim == 2 and cent_t.layout == "C"
-                and isinstance(j0, types.Integer) and isinstance(out, types.Array)
+                and q.layout == "C" and isinstance(panels, types.Array)
+                and panels.dtype == f32 and panels.ndim == 3 and panels.layout == "C"
+                and isinstance(p0, types.Integer) and isinstance(out, types.Array)
                 and out.dtype == f32 and out.ndim == 1 and out.layout == "C"):
             return None
 
         def codegen(context, builder, sig, args):
             qa = context.make_array(sig.args[0])(context, builder, args[0])
-            ca = context.make_array(sig.args[1])(context, builder, args[1])
-            jo = context.cast(builder, args[2], sig.args[2], types.int64)
+            pa = context.make_array(sig.args[1])(context, builder, args[1])
+            pstart = context.cast(builder, args[2], sig.args[2], types.int64)
             oa = context.make_array(sig.args[3])(context, builder, args[3])
             vt = ir.VectorType(_F32, VW)
             fma_v = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{VW}f32")
-            fma_s = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_F32, [_F32, _F32, _F32]), "llvm.fma.f32")
-            d = builder.extract_value(ca.shape, 0)
-            ncol = builder.extract_value(ca.shape, 1)
-            nj = builder.extract_value(oa.shape, 0)
-            base = builder.gep(ca.data, [jo])          # column j0 of row 0
+            d = builder.extract_value(pa.shape, 1)
+            nr = builder.extract_value(pa.shape, 2)
+            nv = NR // VW
+            panel_len = builder.mul(d, nr)
+            npan = builder.sdiv(builder.extract_value(oa.shape, 0), nr)
 
             def splat(x):
                 v = builder.insert_element(ir.Constant(vt, ir.Undefined), x,
@@ -200,60 +203,58 @@ def _make_cols(l2: bool):
                 return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
                                               ir.Constant(ir.VectorType(_I32, VW), [0] * VW))
 
-            def update(fma, qv, cv, acc):
+            def update(qv, cv, acc):
                 if l2:
                     diff = builder.fsub(qv, cv)
-                    return builder.call(fma, [diff, diff, acc])
-                return builder.call(fma, [qv, cv, acc])
+                    return builder.call(fma_v, [diff, diff, acc])
+                return builder.call(fma_v, [qv, cv, acc])
 
-            def finish(x):
-                return x if l2 else builder.fneg(x)
+            def group(ng):
+                def body(g0, _):
+                    bases = [builder.gep(pa.data, [builder.mul(builder.add(
+                        builder.add(pstart, g0), ir.Constant(_I64, g)), panel_len)])
+                        for g in range(ng)]
+                    zero = ir.Constant(vt, [0.0] * VW)
 
-            def columns(width, nvec):
-                """Loop over groups of width columns (nvec vectors, or one scalar)."""
-                def group(jg, _):
-                    if nvec:
-                        zero = ir.Constant(vt, [0.0] * VW)
-
-                        def step(t, accs):
-                            qv = splat(builder.load(builder.gep(qa.data, [t])))
-                            row = builder.gep(base, [builder.add(builder.mul(t, ncol), jg)])
-                            return [update(fma_v, qv, builder.load(builder.bitcast(
-                                builder.gep(row, [ir.Constant(_I64, v * VW)]),
-                                vt.as_pointer()), align=4), accs[v]) for v in range(nvec)]
-                        accs, _ = _loop(builder, "colt", ir.Constant(_I64, 0), d, 1,
-                                        [zero] * nvec, step)
-                        for v in range(nvec):
-                            dst = builder.gep(oa.data, [builder.add(jg, ir.Constant(
-                                _I64, v * VW))])
-                            builder.store(finish(accs[v]), builder.bitcast(
-                                dst, vt.as_pointer()), align=4)
-                    else:
-                        def step(t, accs):
-                            qs = builder.load(builder.gep(qa.data, [t]))
-                            cs = builder.load(builder.gep(base, [builder.add(
-                                builder.mul(t, ncol), jg)]))
-                            return [update(fma_s, qs, cs, accs[0])]
-                        accs, _ = _loop(builder, "colts", ir.Constant(_I64, 0), d, 1,
-                                        [ir.Constant(_F32, 0.0)], step)
-                        builder.store(finish(accs[0]), builder.gep(oa.data, [jg]))
+                    def step(t, accs):
+                        qv = splat(builder.load(builder.gep(qa.data, [t])))
+                        off = builder.mul(t, nr)
+                        out_ = []
+                        for g in range(ng):
+                            for v in range(nv):
+                                ptr = builder.gep(bases[g], [builder.add(
+                                    off, ir.Constant(_I64, v * VW))])
+                                cv = builder.load(builder.bitcast(ptr, vt.as_pointer()),
+                                                  align=4)
+                                out_.append(update(qv, cv, accs[g * nv + v]))
+                        return out_
+                    accs, _ = _loop(builder, "pant", ir.Constant(_I64, 0), d, 1,
+                                    [zero] * (ng * nv), step)
+                    for g in range(ng):
+                        for v in range(nv):
+                            x = accs[g * nv + v]
+                            if not l2:
+                                x = builder.fneg(x)
+                            col = builder.add(builder.mul(builder.add(
+                                g0, ir.Constant(_I64, g)), nr), ir.Constant(_I64, v * VW))
+                            builder.store(x, builder.bitcast(builder.gep(oa.data, [col]),
+                                                             vt.as_pointer()), align=4)
                     return []
-                return group
+                return body
 
-            _, j1 = _loop(builder, "colblk", ir.Constant(_I64, 0), nj, _COL_VECS * VW, [],
-                          columns(_COL_VECS * VW, _COL_VECS))
-            _, j2 = _loop(builder, "colvec", j1, nj, VW, [], columns(VW, 1))
-            _loop(builder, "colone", j2, nj, 1, [], columns(1, 0))
+            _, g1 = _loop(builder, "pangrp", ir.Constant(_I64, 0), npan, _PANEL_GROUP, [],
+                          group(_PANEL_GROUP))
+            _loop(builder, "panone", g1, npan, 1, [], group(1))
             return context.get_dummy_value()
 
-        return types.void(q, cent_t, j0, out), codegen
+        return types.void(q, panels, p0, out), codegen
 
-    impl.__name__ = f"colkeys_{'l2' if l2 else 'ip'}"
+    impl.__name__ = f"panelkeys_{'l2' if l2 else 'ip'}"
     return intrinsic(impl)
 
 
-colkeys_l2 = _make_cols(True)
-colkeys_ip = _make_cols(False)
+panelkeys_l2 = _make_panels(True)
+panelkeys_ip = _make_panels(False)
 
 
 @intrinsic

@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH
-from ._rowkeys import colkeys_ip, colkeys_l2, keys4_ip, keys4_l2
+from ._rowkeys import keys4_ip, keys4_l2, panelkeys_ip, panelkeys_l2
 from .topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
@@ -227,48 +227,79 @@ def normalize_rows_into(x, out):
         _unit_row(x[i], out[i])
 
 
-# -- coarse step for a few queries: a GEMV over the transposed centroids --------------
+# -- coarse step for a few queries: a GEMV over the centroid panels ------------------
 
 @njit(cache=True)
-def _coarse_scores(qf, cent_t, metric, out, j0):
-    """out[j - j0] for centroids j = j0 .. j0 + len(out) of one float32 query: the
-    squared distance (L2) or the negated inner product.
+def _coarse_scores(qf, panels, metric, out, p0):
+    """out[j] for the centroids of panels p0, p0 + 1, ... (len(out), a multiple of the
+    panel width, columns; the padding columns of the last panel get keys of zero
+    vectors, never selected): the squared distance (L2) or the negated inner product.
 
-    cent_t is (d, nlist); ``_rowkeys.colkeys_*`` keeps 8 vectors of centroids'
-    accumulators in registers over the features, each key one FMA chain in feature
-    order, so its bits depend neither on vectorisation nor on the range it is computed
-    in: every caller (coarse_few, the one-query kernels, their thread-split coarse
-    step) gets the same keys.
+    panels is the tiled kernel's layout (``assign.prepare_centroids``);
+    ``_rowkeys.panelkeys_*`` keeps eight vectors of accumulators in registers, each key
+    one FMA chain in feature order, so its bits depend neither on vectorisation nor on
+    the range it is computed in: every caller (coarse_few, the one-query kernels,
+    their thread-split coarse step) gets the same keys.
     """
     if metric == METRIC_L2:
-        colkeys_l2(qf, cent_t, j0, out)
+        panelkeys_l2(qf, panels, p0, out)
     else:
-        colkeys_ip(qf, cent_t, j0, out)
+        panelkeys_ip(qf, panels, p0, out)
 
 
 @njit(cache=True, fastmath=_FM)
-def _select_lists(scores, pd, pl):
-    """The len(pd) smallest scores, best first (ties to the lower list), into (pd, pl)."""
+def _select_lists(scores, nlist, pd, pl):
+    """The len(pd) smallest of scores[:nlist], best first (ties to the lower list),
+    into (pd, pl)."""
     heap_init(pd, pl)
-    for j in range(scores.shape[0]):
+    for j in range(nlist):
         if scores[j] <= pd[0]:
             heap_push(pd, pl, scores[j], j)
     heap_sort(pd, pl)
 
 
 @njit(cache=True, fastmath=_FM)
-def _coarse_one(qf, cent_t, metric, scores, pd, pl):
-    """The len(pd) best lists of one float32 query, best first, into (pd, pl)."""
-    _coarse_scores(qf, cent_t, metric, scores, 0)
-    _select_lists(scores, pd, pl)
+def _coarse_one(qf, panels, nlist, metric, scores, pd, pl):
+    """The len(pd) best of the nlist lists of one float32 query, best first, into
+    (pd, pl); scores is scratch of panels.shape[0] * panels.shape[2]."""
+    _coarse_scores(qf, panels, metric, scores, 0)
+    _select_lists(scores, nlist, pd, pl)
+
+
+@njit(cache=True, parallel=True)
+def _coarse_split(qf, panels, metric, scores, n_runs):
+    """``_coarse_scores`` of every panel into scores, prange over n_runs ranges of
+    panels. A private buffer per run: runs writing neighbouring parts of ``scores``
+    once per feature would share the cache line at their boundary (measured here: that
+    ping-pong made the split coarse step 2x slower than serial)."""
+    npanel, _, nr = panels.shape
+    for r in prange(n_runs):
+        p0 = npanel * r // n_runs
+        part = np.empty((npanel * (r + 1) // n_runs - p0) * nr, dtype=np.float32)
+        _coarse_scores(qf, panels, metric, part, p0)
+        scores[p0 * nr:p0 * nr + part.shape[0]] = part
 
 
 @njit(cache=True)
-def coarse_few(q, cent_t, metric, out_d, out_i):
+def coarse_one_query(qf, panels, nlist, metric, min_run, max_runs, scores, pd, pl):
+    """``_coarse_one`` for a one-query kernel: split over threads (``_coarse_split``)
+    when every run gets at least ``min_run`` centroids of 64 features (at most
+    ``max_runs`` runs); the same keys either way."""
+    npanel = panels.shape[0]
+    n_runs = min(nlist * max(qf.shape[0], 64) // (64 * min_run), max_runs, npanel)
+    if n_runs <= 1:
+        _coarse_scores(qf, panels, metric, scores, 0)
+    else:
+        _coarse_split(qf, panels, metric, scores, n_runs)
+    _select_lists(scores, nlist, pd, pl)
+
+
+@njit(cache=True)
+def coarse_few(q, panels, nlist, metric, out_d, out_i):
     """``_coarse_one`` for each row of q (nq, d) float32 (a few queries, serial)."""
-    scores = np.empty(cent_t.shape[1], dtype=np.float32)
+    scores = np.empty(panels.shape[0] * panels.shape[2], dtype=np.float32)
     for qi in range(q.shape[0]):
-        _coarse_one(q[qi], cent_t, metric, scores, out_d[qi], out_i[qi])
+        _coarse_one(q[qi], panels, nlist, metric, scores, out_d[qi], out_i[qi])
 
 
 # -- one query, one call ------------------------------------------------------------
@@ -290,42 +321,30 @@ def query_into(q, unit, qf):
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def search_one(q, cent_t, data, ids, starts, sizes, metric, unit, nprobe, min_run,
+def search_one(q, panels, data, ids, starts, sizes, metric, unit, nprobe, min_run,
                max_runs, out_d, out_i):
     """Search one query end to end; returns False, writing nothing, if q is not finite.
 
-    q (d,) float32 or float64, C-contiguous; cent_t (d, nlist) the transposed
-    centroids; unit: normalise q first (cosine);
-    nprobe <= nlist. Runs of at least ``min_run`` rows (or centroids) of 64 features
-    (at most ``max_runs``) decide whether the coarse step and the scan are split over
-    threads. (The thread count is an argument: numba.get_num_threads()
-    inside a kernel defeats the on-disk cache.) Writes out_d (1, k) float32 in the
-    FAISS convention (L2 ascending / +inf padding, scores descending / -inf padding)
-    and out_i (1, k) int64 (-1 padding).
+    q (d,) float32 or float64, C-contiguous; panels the centroid panels
+    (``assign.prepare_centroids``); unit: normalise q first (cosine); nprobe <= nlist.
+    Runs of at least ``min_run`` rows (or centroids) of 64 features (at most
+    ``max_runs``) decide whether the coarse step and the scan are split over threads.
+    (The thread count is an argument: numba.get_num_threads() inside a kernel defeats
+    the on-disk cache.) Writes out_d (1, k) float32 in the FAISS convention (L2
+    ascending / +inf padding, scores descending / -inf padding) and out_i (1, k) int64
+    (-1 padding).
     """
     d = q.shape[0]
     qf = np.empty(d, dtype=np.float32)
     if not query_into(q, unit, qf):
         return False
-    # Coarse step: the scores of coarse_few (the batch path's for a few queries),
-    # split over threads by ranges of centroids when there are enough of them.
+    # Coarse step: the keys of coarse_few (the batch path's for a few queries),
+    # split over threads by ranges of panels when there are enough centroids.
     pd = np.empty(nprobe, dtype=np.float32)
     pl = np.empty(nprobe, dtype=np.int64)
-    nlist = cent_t.shape[1]
-    scores = np.empty(nlist, dtype=np.float32)
-    n_cruns = min(nlist * max(d, 64) // (64 * min_run), max_runs)
-    if n_cruns <= 1:
-        _coarse_scores(qf, cent_t, metric, scores, 0)
-    else:
-        for r in prange(n_cruns):
-            # A private buffer per run: runs writing neighbouring parts of `scores`
-            # once per feature would share the cache line at their boundary (measured
-            # here: that ping-pong made the split coarse step 2x slower than serial).
-            j0 = nlist * r // n_cruns
-            part = np.empty(nlist * (r + 1) // n_cruns - j0, dtype=np.float32)
-            _coarse_scores(qf, cent_t, metric, part, j0)
-            scores[j0:j0 + part.shape[0]] = part
-    _select_lists(scores, pd, pl)
+    nlist = starts.shape[0]
+    scores = np.empty(panels.shape[0] * panels.shape[2], dtype=np.float32)
+    coarse_one_query(qf, panels, nlist, metric, min_run, max_runs, scores, pd, pl)
     hd = out_d[0]
     hi_ = out_i[0]
     # np.empty, not np.zeros: under parallel=True np.zeros becomes a parallel region,

@@ -9,8 +9,9 @@ general path uses, so its results are bit-identical to ``IVFPQ.search`` of the s
 as a (1, d) batch:
 
 1. ``list_scan.query_into``: finiteness check, float32, cosine normalisation;
-2. ``list_scan._coarse_one``: the GEMV coarse step over the transposed centroids (the
-   general path's for a few queries); its keys are the lists' ``base`` (squared
+2. ``list_scan.coarse_one_query``: the GEMV coarse step over the centroid panels (the
+   general path's for a few queries), split over threads when the centroids are many
+   (as IVFFlat's one-query kernel: the same keys either way); its keys are the lists' ``base`` (squared
    distance, or negated inner product, to the centroid) when encoding by residual;
 3. ``pq_encode.query_table``: the query's table;
 4. the serial scan worker: ``pq_scan.scan_query`` (8-bit) or
@@ -30,7 +31,7 @@ from numba import njit
 
 from .._config import FASTMATH
 from .fastscan_search import scan_query as fastscan_query
-from .list_scan import _coarse_one, query_into
+from .list_scan import coarse_one_query, query_into
 from .pq_encode import query_table
 from .pq_scan import scan_query as adc_query
 from .refine import refine_rows, rows_of_ids
@@ -46,13 +47,14 @@ _FM = set(FASTMATH)
 
 
 @njit(cache=True, fastmath=_FM)
-def _prologue(q, unit, cent_t, coarse_metric, by_residual, sizes, max_rows,
-              codebooks_t, kind, qf, base, lists, qlut):
+def _prologue(q, unit, panels, coarse_metric, min_run, max_runs, by_residual, sizes,
+              max_rows, codebooks_t, kind, qf, base, lists, qlut):
     """Steps 1-3 into qf, base, lists, qlut; returns a status."""
     if not query_into(q, unit, qf):
         return NOT_FINITE
-    _coarse_one(qf, cent_t, coarse_metric, np.empty(cent_t.shape[1], dtype=np.float32),
-                base, lists)
+    coarse_one_query(qf, panels, sizes.shape[0], coarse_metric, min_run, max_runs,
+                     np.empty(panels.shape[0] * panels.shape[2], dtype=np.float32), base,
+                     lists)
     rows = 0
     for p in range(lists.shape[0]):
         rows += sizes[lists[p]]
@@ -82,9 +84,9 @@ def _epilogue(qf, refine, data, cand_d, cand_i, cand_r, mkeys, mvlist, mvoff, ms
 
 
 @njit(cache=True, fastmath=_FM)
-def adc_search_one(q, unit, cent_t, coarse_metric, nprobe, by_residual, max_rows, codes,
-                   ids, starts, sizes, codebooks_t, kind, term, use_term, kk, refine,
-                   data, mkeys, mvlist, mvoff, mshift, l2, out_d, out_i):
+def adc_search_one(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by_residual,
+                   max_rows, codes, ids, starts, sizes, codebooks_t, kind, term, use_term,
+                   kk, refine, data, mkeys, mvlist, mvoff, mshift, l2, out_d, out_i):
     """One 8-bit IVF-PQ query (see the module docstring): ``kk`` candidates from the
     scan (k_factor * k with refine, else k), the best k = out_d.shape[1] returned."""
     m, _, ksub = codebooks_t.shape
@@ -92,8 +94,8 @@ def adc_search_one(q, unit, cent_t, coarse_metric, nprobe, by_residual, max_rows
     base = np.empty(nprobe, dtype=np.float32)
     lists = np.empty(nprobe, dtype=np.int64)
     qlut = np.empty((m, ksub), dtype=np.float32)
-    status = _prologue(q, unit, cent_t, coarse_metric, by_residual, sizes, max_rows,
-                       codebooks_t, kind, qf, base, lists, qlut)
+    status = _prologue(q, unit, panels, coarse_metric, min_run, max_runs, by_residual,
+                       sizes, max_rows, codebooks_t, kind, qf, base, lists, qlut)
     if status != DONE:
         return status
     cand_d = np.empty(kk, dtype=np.float32)
@@ -106,10 +108,10 @@ def adc_search_one(q, unit, cent_t, coarse_metric, nprobe, by_residual, max_rows
 
 
 @njit(cache=True, fastmath=_FM)
-def fastscan_search_one(q, unit, cent_t, coarse_metric, nprobe, by_residual, max_rows,
-                        packed, ids, starts, sizes, codebooks_t, kind, term, use_term, kk,
-                        refine, data, mkeys, mvlist, mvoff, mshift, l2, out_d, out_i,
-                        backend):
+def fastscan_search_one(q, unit, panels, coarse_metric, min_run, max_runs, nprobe,
+                        by_residual, max_rows, packed, ids, starts, sizes, codebooks_t,
+                        kind, term, use_term, kk, refine, data, mkeys, mvlist, mvoff,
+                        mshift, l2, out_d, out_i, backend):
     """One 4-bit fast-scan IVF-PQ query; arguments as ``adc_search_one`` plus the
     fast-scan ``backend`` token."""
     m = codebooks_t.shape[0]
@@ -118,8 +120,8 @@ def fastscan_search_one(q, unit, cent_t, coarse_metric, nprobe, by_residual, max
     base = np.empty(nprobe, dtype=np.float32)
     lists = np.empty(nprobe, dtype=np.int64)
     qlut = np.empty((m, 16), dtype=np.float32)
-    status = _prologue(q, unit, cent_t, coarse_metric, by_residual, sizes, max_rows,
-                       codebooks_t, kind, qf, base, lists, qlut)
+    status = _prologue(q, unit, panels, coarse_metric, min_run, max_runs, by_residual,
+                       sizes, max_rows, codebooks_t, kind, qf, base, lists, qlut)
     if status != DONE:
         return status
     cand_d = np.empty(kk, dtype=np.float32)
