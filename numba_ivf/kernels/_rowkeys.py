@@ -32,7 +32,7 @@ from .._config import ASSIGN_NR as NR
 from .._config import ASSIGN_VW as VW
 
 __all__ = ["keys4_l2", "keys4_ip", "key1_l2", "key1_ip", "panelkeys_l2", "panelkeys_ip",
-           "prefetch_row", "prefetch_span"]
+           "prefetch_row", "prefetch_span", "lowest_bit"]
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -310,3 +310,21 @@ def prefetch_span(typingctx, arr, start, nbytes):
         return context.get_dummy_value()
 
     return types.void(arr, start, nbytes), codegen
+
+
+@intrinsic
+def lowest_bit(typingctx, mask):
+    """Index (int64) of the lowest set bit of a non-zero unsigned integer (``tzcnt`` /
+    ``rbit`` + ``clz``)."""
+    if not (isinstance(mask, types.Integer) and not mask.signed and mask.bitwidth <= 64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        x = args[0]
+        if mask.bitwidth < 64:
+            x = builder.zext(x, _I64)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_I64, [_I64, ir.IntType(1)]), "llvm.cttz.i64")
+        return builder.call(fn, [x, ir.Constant(ir.IntType(1), 1)])
+
+    return types.int64(mask), codegen

@@ -41,7 +41,7 @@ from numba import njit, prange
 
 from .._config import FASTMATH, FASTSCAN_ACC_MAX
 from ._lutquant import quantize_rows
-from ._rowkeys import prefetch_span
+from ._rowkeys import lowest_bit, prefetch_span
 from .fastscan import accumulate_block_below, quantize_lut_into
 from .topk import res_capacity, res_finish, res_push
 
@@ -101,24 +101,23 @@ def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, r
     b1 = (end - 1) >> 5
     t16 = key_threshold(thr, base, bias, scale)
     for b in range(b0, b1 + 1):
-        mask = accumulate_block_below(packed, b, lut_u8, t16, acc, backend)
+        mask = np.uint64(accumulate_block_below(packed, b, lut_u8, t16, acc, backend))
         row0 = 32 * b
         if row0 < start:
-            mask &= ~np.uint32((np.uint64(1) << np.uint64(start - row0)) - np.uint64(1))
+            mask &= ~((np.uint64(1) << np.uint64(start - row0)) - np.uint64(1))
         if end - row0 < 32:
-            mask &= np.uint32((np.uint64(1) << np.uint64(end - row0)) - np.uint64(1))
+            mask &= (np.uint64(1) << np.uint64(end - row0)) - np.uint64(1)
         if mask == 0:
             continue
         old = thr
-        v = 0
         while mask != 0:
-            if mask & np.uint32(1):
-                key = dequantize(base, bias, scale, acc[v])
-                if key <= thr:
-                    nres, thr = res_push(rd, ri, rr, nres, thr, k, key, ids[row0 + v],
-                                         row0 + v)
-            mask >>= np.uint32(1)
-            v += 1
+            # Straight to each set lane (a bit-by-bit walk mispredicted on sparse masks).
+            v = lowest_bit(mask)
+            mask &= mask - np.uint64(1)
+            key = dequantize(base, bias, scale, acc[v])
+            if key <= thr:
+                nres, thr = res_push(rd, ri, rr, nres, thr, k, key, ids[row0 + v],
+                                     row0 + v)
         if thr != old:
             t16 = key_threshold(thr, base, bias, scale)
     return nres, thr
