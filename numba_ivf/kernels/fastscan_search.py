@@ -212,10 +212,16 @@ def query_scale(qlut, term, probes_q, sizes, lo, hi):
     scale. Skipped probes (-1 or empty list) do not count."""
     rmax = 0.0
     rsum = 0.0
-    for p in range(probes_q.shape[0]):
+    nprobe = probes_q.shape[0]
+    table_bytes = term.shape[1] * term.shape[2] * 4
+    for p in range(nprobe):
         lst = probes_q[p]
         if lst < 0 or sizes[lst] == 0:
             continue
+        # The next list's term table (7 KB at m=112, from a table of nlist of them
+        # that does not stay in cache): requested while this one is reduced.
+        if p + 1 < nprobe and probes_q[p + 1] >= 0:
+            prefetch_span(term, probes_q[p + 1] * table_bytes, table_bytes)
         _pair_minmax(qlut, term[lst], lo[p], hi)
         a, s = _span_stats(lo[p], hi)
         rmax = max(rmax, a)
