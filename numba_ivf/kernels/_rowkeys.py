@@ -32,7 +32,7 @@ from .._config import ASSIGN_NR as NR
 from .._config import ASSIGN_VW as VW
 
 __all__ = ["keys4_l2", "keys4_ip", "key1_l2", "key1_ip", "panelkeys_l2", "panelkeys_ip",
-           "prefetch_row", "prefetch_span", "lowest_bit"]
+           "prefetch_span", "lowest_bit"]
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
@@ -255,34 +255,6 @@ def _make_panels(l2: bool):
 
 panelkeys_l2 = _make_panels(True)
 panelkeys_ip = _make_panels(False)
-
-
-@intrinsic
-def prefetch_row(typingctx, data, r, nlines):
-    """Prefetch (for reading, into all cache levels) the first ``nlines`` 64-byte lines
-    of row ``r`` of a C-contiguous 2-D float32 array; a hint, so no bounds matter."""
-    if not (isinstance(data, types.Array) and data.ndim == 2 and data.layout == "C"
-            and data.dtype == types.float32 and isinstance(r, types.Integer)
-            and isinstance(nlines, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        da = context.make_array(sig.args[0])(context, builder, args[0])
-        rv = context.cast(builder, args[1], sig.args[1], types.int64)
-        nl = context.cast(builder, args[2], sig.args[2], types.int64)
-        d = builder.extract_value(da.shape, 1)
-        i8p = ir.IntType(8).as_pointer()
-        row = builder.bitcast(builder.gep(da.data, [builder.mul(rv, d)]), i8p)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
-            "llvm.prefetch.p0")
-        with cgutils.for_range(builder, nl, intp=_I64) as loop:
-            p = builder.gep(row, [builder.mul(loop.index, ir.Constant(_I64, 64))])
-            builder.call(fn, [p, ir.Constant(_I32, 0), ir.Constant(_I32, 3),
-                              ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(data, r, nlines), codegen
 
 
 @intrinsic

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH, REFINE_PREFETCH_LINES
-from ._rowkeys import key1_ip, key1_l2, prefetch_row
+from ._rowkeys import key1_ip, key1_l2, prefetch_span
 from .idmap import map_row
 from .topk import ID_SENTINEL, heap_init, heap_push, heap_sort
 
@@ -50,10 +50,11 @@ def refine_rows(q, data, rows, cand, l2, hd, hi_):
     inner products."""
     # Candidates sit at random rows: ask for all of them first, so that their cache
     # misses overlap instead of stalling one distance after another.
-    nlines = min((data.shape[1] * 4 + 63) // 64, REFINE_PREFETCH_LINES)
+    row_bytes = data.shape[1] * 4
+    nbytes = min(row_bytes, 64 * REFINE_PREFETCH_LINES)
     for c in range(cand.shape[0]):
         if rows[c] >= 0:
-            prefetch_row(data, rows[c], nlines)
+            prefetch_span(data, rows[c] * row_bytes, nbytes)
     heap_init(hd, hi_)
     for c in range(cand.shape[0]):
         r = rows[c]
