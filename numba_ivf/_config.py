@@ -64,6 +64,11 @@ KMEANS_UPDATE_CHUNK = 4096
 # quickselect cuts it back to k: larger means fewer selections but a looser admission
 # threshold between them (FAISS's ReservoirTopN uses 2).
 RESERVOIR_FACTOR = 2
+# Bisection steps of a reservoir cut before it falls back to the exact quickselect (a
+# cut usually lands within 10-15 on dequantized fast-scan keys), and how many entries
+# past k the final cut may leave for that quickselect.
+RESERVOIR_CUT_STEPS = 40
+RESERVOIR_FINISH_SLACK = 8
 
 # -- IVF ---------------------------------------------------------------------------
 # Inverted lists grow by this factor when full (amortised O(1) append).

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from numba import njit
 
 from numba_ivf.kernels.topk import (ID_SENTINEL, heap_init, heap_push, heap_sort,
-                                    merge_topk, res_capacity, res_finish, res_push)
+                                    merge_topk, res_capacity, res_cut, res_finish,
+                                    res_push)
 
 
 @njit(cache=True)
@@ -89,6 +90,36 @@ def test_reservoir_random_order_many_compactions():
         ref_d, ref_i = _oracle(keys, ids, k)
         np.testing.assert_array_equal(i, ref_i)
         np.testing.assert_array_equal(d, ref_d)
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 300), distinct=st.integers(1, 400),
+       special=st.sampled_from(["none", "inf", "-inf", "equal"]), data=st.data())
+def test_reservoir_cut_keeps_the_k_best(seed, n, distinct, special, data):
+    # The cut's contract: between k and `most` entries survive, the k best among them,
+    # every survivor <= the returned key and every dropped entry above it; infinite
+    # keys and all-equal keys (no cut exists) take the exact quickselect instead.
+    rng = np.random.default_rng(seed)
+    k = data.draw(st.integers(1, n - 1))
+    most = data.draw(st.integers(k, n - 1))
+    keys = (rng.integers(0, distinct, n) * 0.37).astype(np.float32)
+    if special == "inf":
+        keys[rng.integers(0, n)] = np.inf
+    elif special == "-inf":
+        keys[rng.integers(0, n)] = -np.inf
+    elif special == "equal":
+        keys[:] = 1.5
+    ids = rng.permutation(n).astype(np.int64)
+    rd, ri, rr = keys.copy(), ids.copy(), np.arange(n, dtype=np.int64)
+    kept, thr = res_cut(rd, ri, rr, n, k, most)
+    assert k <= kept <= max(most, k)
+    np.testing.assert_array_equal(keys[rr[:kept]], rd[:kept])
+    np.testing.assert_array_equal(ids[rr[:kept]], ri[:kept])
+    assert thr == rd[:kept].max()
+    dropped = np.setdiff1d(np.arange(n), rr[:kept])
+    assert (keys[dropped] >= thr).all()
+    best = set(_oracle(keys, ids, k)[1].tolist())
+    assert best <= set(ri[:kept].tolist())
 
 
 def test_merge_topk_checks_shapes():

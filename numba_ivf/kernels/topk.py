@@ -17,8 +17,11 @@ the serial ``heap_*`` workers, which scan kernels inline into their own loops.
 For a large k (re-ranking keeps ``k_factor * k`` candidates) a heap push, a sift-down of
 log2(k) unpredictable levels, costs more than the fast-scan of the code that produced
 it. The ``res_*`` functions keep a *reservoir* instead (FAISS's ReservoirTopN): admitted
-pairs are appended to a buffer of ``RESERVOIR_FACTOR * k`` slots; when it is full a
-quickselect keeps the k best and the admission threshold drops to the k-th best key.
+pairs are appended to a buffer of ``RESERVOIR_FACTOR * k`` slots; when it is full it
+is cut back to a key t with between k and about (k + capacity) / 2 entries <= t
+(bisection on the key values, each step one vectorised count; FAISS's partition_fuzzy
+does the same on uint16 keys with histograms), and the admission threshold drops to
+the largest kept key.
 The result is the same exact top-k (key, then id), whatever the arrival order.
 """
 
@@ -27,13 +30,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, RESERVOIR_FACTOR
+from .._config import (FASTMATH, RESERVOIR_CUT_STEPS, RESERVOIR_FACTOR,
+                       RESERVOIR_FINISH_SLACK)
 
 # numba accepts a set (not a frozenset) for fastmath.
 _FM = set(FASTMATH)
 
 __all__ = ["ID_SENTINEL", "heap_init", "heap_push", "heap_sort", "merge_topk",
-           "res_capacity", "res_push", "res_finish", "to_faiss"]
+           "res_capacity", "res_cut", "res_push", "res_finish", "to_faiss"]
 
 ID_SENTINEL = np.iinfo(np.int64).max
 
@@ -233,19 +237,99 @@ def _select_best(rd, ri, rr, n, k):
             hi = store - 1
 
 
+@njit(cache=True, fastmath=_FM)
+def _count_le(rd, n, t):
+    """How many of rd[:n] are <= t (a compare-and-add loop that vectorises)."""
+    c = 0
+    for j in range(n):
+        c += np.int64(rd[j] <= t)
+    return c
+
+
+@njit(cache=True, fastmath=_FM)
+def _cut(rd, n, lo_count, hi_count):
+    """A key t with lo_count <= #{j < n: rd[j] <= t} <= hi_count, or NaN if none was
+    found: bisection on the key values between the smallest and the largest key.
+
+    Each step is one vectorised count over n keys, so a cut costs about a tenth of a
+    quickselect carrying (key, id, row) triples through its partitions. It fails
+    (NaN) on non-finite keys and when ties make the count jump over the range; the
+    callers then fall back to the exact quickselect.
+    """
+    lo = rd[0]
+    hi = rd[0]
+    for j in range(1, n):
+        lo = min(lo, rd[j])
+        hi = max(hi, rd[j])
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return np.float32(np.nan)
+    c = _count_le(rd, n, lo)
+    if c >= lo_count:                     # the smallest key alone is enough
+        return lo if c <= hi_count else np.float32(np.nan)
+    # Invariant: count(lo) < lo_count <= count(hi) = n.
+    for _ in range(RESERVOIR_CUT_STEPS):
+        t = np.float32(0.5 * (np.float64(lo) + np.float64(hi)))
+        if t == lo or t == hi:
+            break
+        c = _count_le(rd, n, t)
+        if c < lo_count:
+            lo = t
+        elif c > hi_count:
+            hi = t
+        else:
+            return t
+    if _count_le(rd, n, hi) <= hi_count:
+        return hi
+    return np.float32(np.nan)
+
+
+@njit(cache=True, fastmath=_FM)
+def _keep_le(rd, ri, rr, n, t):
+    """Keep the entries with key <= t (in order, branch-free); returns (count, the
+    largest kept key)."""
+    w = 0
+    top = np.float32(-np.inf)
+    for j in range(n):
+        d = rd[j]
+        keep = d <= t
+        rd[w] = d
+        ri[w] = ri[j]
+        rr[w] = rr[j]
+        top = max(top, d if keep else np.float32(-np.inf))
+        w += np.int64(keep)
+    return w, top
+
+
+@njit(cache=True, fastmath=_FM)
+def res_cut(rd, ri, rr, n, k, most):
+    """Cut the n entries of a reservoir back to between k and ``most`` entries that
+    include its k best; returns (entries, new admission key). FAISS keeps up to
+    (k + n) / 2 (fewer cuts, a looser key); a tighter ``most`` costs a few more
+    bisection steps and pays when admissions are cheap but cuts are not.
+
+    Every dropped entry is above a key t while >= k kept entries are <= t, so none of
+    them is in the top-k; the admission key becomes the largest kept key (a later
+    candidate equal to it may still win its tie by id). Falls back to the exact
+    quickselect (k entries, the k-th best as the key) when no cut exists.
+    """
+    t = _cut(rd, n, k, most)
+    if t == t:
+        return _keep_le(rd, ri, rr, n, t)
+    _select_best(rd, ri, rr, n, k)
+    return k, rd[k - 1]
+
+
 @njit(cache=True, fastmath=_FM, inline="always")
 def res_push(rd, ri, rr, n, thr, k, d, i, r):
     """Append (d, i, r), which the caller admitted with ``d <= thr``, to the reservoir
-    (rd, ri, rr) holding n entries; returns the new (n, thr). A full reservoir keeps its
-    k best and takes the k-th best key as the new threshold."""
+    (rd, ri, rr) holding n entries; returns the new (n, thr). A full reservoir is cut
+    back (``res_cut``) and takes a lower admission key."""
     rd[n] = d
     ri[n] = i
     rr[n] = r
     n += 1
     if n == rd.shape[0]:
-        _select_best(rd, ri, rr, n, k)
-        n = k
-        thr = rd[k - 1]
+        n, thr = res_cut(rd, ri, rr, n, k, (k + n) // 2)
     return n, thr
 
 
@@ -257,8 +341,14 @@ def res_finish(rd, ri, rr, n, out_d, out_i, out_r, ordered):
     one-query fast-scan search)."""
     k = out_d.shape[0]
     if n > k:
-        _select_best(rd, ri, rr, n, k)
-        n = k
+        # A cut to exactly k is the common case (ties of the k-th key are rare);
+        # otherwise a cut to a few more makes the exact quickselect short.
+        t = _cut(rd, n, k, k + RESERVOIR_FINISH_SLACK)
+        if t == t:
+            n, _ = _keep_le(rd, ri, rr, n, t)
+        if n > k:
+            _select_best(rd, ri, rr, n, k)
+            n = k
     for j in range(n):
         out_d[j] = rd[j]
         out_i[j] = ri[j]
