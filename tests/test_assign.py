@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numba_ivf
@@ -114,7 +114,7 @@ def test_contiguous_float32_is_not_copied():
     assert check_vectors(x) is x
 
 
-@pytest.mark.parametrize("p", [1, 3, 17])
+@pytest.mark.parametrize("p", [1, 3, 17, 33, 40])
 def test_coarse_topk_matches_sorted_oracle(p):
     rng = np.random.default_rng(p)
     x = rng.standard_normal((77, 12)).astype(np.float32)
@@ -127,6 +127,36 @@ def test_coarse_topk_matches_sorted_oracle(p):
         np.testing.assert_array_equal(idx, ref)
         np.testing.assert_allclose(dist, np.take_along_axis(scores, ref, 1),
                                    rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 130), d=st.integers(1, 20), k=st.integers(1, 300),
+       p=st.integers(1, 300), seed=st.integers(0, 2**32 - 1), ints=st.booleans(),
+       l2=st.booleans())
+def test_topk_score_block_equals_sorted_insertion(n, d, k, p, seed, ints, l2):
+    # The two top-p workers (score block + cut for p >= ASSIGN_TOPK_SCORES_MIN_P, sorted
+    # insertion below) must agree bit for bit, ties (integer data) included.
+    from numba_ivf.kernels import assign as A
+    p = min(p, k)
+    rng = np.random.default_rng(seed)
+    if ints:
+        x = rng.integers(-2, 3, (n, d)).astype(np.float32)
+        c = rng.integers(-2, 3, (k, d)).astype(np.float32)
+    else:
+        x = rng.standard_normal((n, d)).astype(np.float32)
+        c = rng.standard_normal((k, d)).astype(np.float32)
+    P = A.prepare_centroids(c, l2)
+    block = np.empty((A.ASSIGN_MR, A.ASSIGN_NR), np.float32)
+    rowmax = np.empty(A.ASSIGN_MR, np.float32)
+    kk = P.panels.shape[0] * A.ASSIGN_NR
+    s_a, i_a = np.empty((n, p), np.float32), np.empty((n, p), np.int64)
+    s_b, i_b = np.empty((n, p), np.float32), np.empty((n, p), np.int64)
+    A._tile_topk(x, 0, n, P.panels, P.bias, block, rowmax, s_a, i_a)
+    A._tile_topk_scores(x, 0, n, P.panels, P.bias, block, rowmax, s_b, i_b,
+                        np.empty((n, kk), np.float32), np.empty(kk, np.float32),
+                        np.empty(kk, np.int64))
+    np.testing.assert_array_equal(i_b, i_a)
+    np.testing.assert_array_equal(s_b, s_a)
 
 
 def test_coarse_topk_clamps_and_orders_ties():

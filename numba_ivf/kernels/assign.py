@@ -24,7 +24,9 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import (ASSIGN_MR, ASSIGN_NR, ASSIGN_TILE_BYTES, ASSIGN_TILE_MAX,
-                       ASSIGN_TILE_MIN, ASSIGN_TILES_PER_THREAD, FASTMATH)
+                       ASSIGN_TILE_MIN, ASSIGN_TILES_PER_THREAD,
+                       ASSIGN_TOPK_CUT_STEPS, ASSIGN_TOPK_SCORE_BYTES,
+                       ASSIGN_TOPK_SCORES_MIN_P, FASTMATH)
 from .._validation import check_choice, check_int, check_metric, check_vectors
 from ._microkernel import dot_block
 
@@ -131,6 +133,90 @@ def _tile_topk(x, s0, s1, panels, bias, block, rowmax, top_s, top_i):
                         worst = top_s[i, p_top - 1]
 
 
+@njit(cache=True, fastmath=FASTMATH)
+def _count_ge(s, t):
+    c = 0
+    for j in range(s.shape[0]):
+        c += np.int64(s[j] >= t)
+    return c
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _row_topk(s, out_s, out_i, cs, ci):
+    """Sorted top-p (score desc, index asc) of one row of scores ``s``; p = len(out_s).
+
+    A score t with p <= #{s >= t} <= p + slack is found by bisection on the values (each
+    step one vectorised count), the scores >= t are compacted without branches, and only
+    those few are insertion-sorted. Ties at t keep every tied entry, and the stable
+    insertion keeps lower indices first, so the result equals a full sort's.
+    cs, ci: scratch of len(s).
+    """
+    p_top = out_s.shape[0]
+    n = s.shape[0]
+    hi = s[0]
+    lo = np.float32(np.inf)
+    for j in range(n):
+        hi = max(hi, s[j])
+        if s[j] > -np.inf:
+            lo = min(lo, s[j])
+    most = p_top + max(8, p_top // 4)
+    t = lo                                   # count(>= lo) = every finite score
+    if lo < np.inf and hi < np.inf and _count_ge(s, hi) < p_top:
+        # Invariant: count(>= lo) >= p, count(>= hi) < p.
+        for _ in range(ASSIGN_TOPK_CUT_STEPS):
+            mid = np.float32(0.5 * (np.float64(lo) + np.float64(hi)))
+            if mid == lo or mid == hi:
+                break
+            c = _count_ge(s, mid)
+            if c < p_top:
+                hi = mid
+            else:
+                lo = mid
+                if c <= most:
+                    break
+        t = lo
+    w = 0
+    for j in range(n):
+        v = s[j]
+        cs[w] = v
+        ci[w] = j
+        w += np.int64(v >= t and v > -np.inf)
+    # Stable insertion sort of the w candidates, keeping the first p.
+    m = 0
+    for j in range(w):
+        v = cs[j]
+        idx = ci[j]
+        if m == p_top and not v > out_s[m - 1]:
+            continue
+        pos = min(m, p_top - 1)
+        while pos > 0 and v > out_s[pos - 1]:
+            out_s[pos] = out_s[pos - 1]
+            out_i[pos] = out_i[pos - 1]
+            pos -= 1
+        out_s[pos] = v
+        out_i[pos] = idx
+        m = min(m + 1, p_top)
+    for j in range(m, p_top):
+        out_s[j] = -np.inf
+        out_i[j] = -1
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _tile_topk_scores(x, s0, s1, panels, bias, block, rowmax, top_s, top_i, S, cs, ci):
+    """``_tile_topk`` for larger p: the tile's (rows, k) scores are written to ``S``
+    (sized to stay in L2) and each row is cut to its top p at once (``_row_topk``)."""
+    for p in range(panels.shape[0]):
+        c0 = p * ASSIGN_NR
+        for i0 in range(s0, s1, ASSIGN_MR):
+            dot_block(x, i0, panels, p, bias, block, rowmax)
+            for r in range(min(ASSIGN_MR, s1 - i0)):
+                t = i0 - s0 + r
+                for c in range(ASSIGN_NR):
+                    S[t, c0 + c] = block[r, c]
+    for i in range(s0, s1):
+        _row_topk(S[i - s0], top_s[i], top_i[i], cs, ci)
+
+
 # --------------------------------------------------------------------------- drivers
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
 def tiled_argmax(x, panels, bias, l2, tile):
@@ -163,7 +249,15 @@ def tiled_topk(x, panels, bias, l2, tile, p_top):
         s1 = min(s0 + tile, n)
         block = np.empty((ASSIGN_MR, ASSIGN_NR), dtype=np.float32)
         rowmax = np.empty(ASSIGN_MR, dtype=np.float32)
-        _tile_topk(x, s0, s1, panels, bias, block, rowmax, top_s, top_i)
+        if p_top >= ASSIGN_TOPK_SCORES_MIN_P:
+            kk = panels.shape[0] * ASSIGN_NR
+            S = np.empty((s1 - s0, kk), dtype=np.float32)
+            cs = np.empty(kk, dtype=np.float32)
+            ci = np.empty(kk, dtype=np.int64)
+            _tile_topk_scores(x, s0, s1, panels, bias, block, rowmax, top_s, top_i, S,
+                              cs, ci)
+        else:
+            _tile_topk(x, s0, s1, panels, bias, block, rowmax, top_s, top_i)
         if l2:
             for i in range(s0, s1):
                 _scores_to_sqdist(x, i, top_s[i])
@@ -293,8 +387,13 @@ def topk_prepared(x: np.ndarray, prepared: CentroidPanels, p: int):
 
     Returns (distances float32 (n, p), indices int64 (n, p)); p <= k.
     """
-    return tiled_topk(x, prepared.panels, prepared.bias, prepared.l2,
-                      tile_rows(x.shape[0], x.shape[1], _threads()), p)
+    tile = tile_rows(x.shape[0], x.shape[1], _threads())
+    if p >= ASSIGN_TOPK_SCORES_MIN_P:
+        # The tile's score block must stay in L2 beside the panel being read.
+        kk = prepared.panels.shape[0] * ASSIGN_NR
+        fit = max(ASSIGN_MR, ASSIGN_TOPK_SCORE_BYTES // (4 * kk) // ASSIGN_MR * ASSIGN_MR)
+        tile = min(tile, fit)
+    return tiled_topk(x, prepared.panels, prepared.bias, prepared.l2, tile, p)
 
 
 def coarse_topk(q, centroids, nprobe: int, metric: str = "l2"):
