@@ -53,3 +53,25 @@ class TimeSgemmReference:
 
     def time_sgemm(self, shape):
         self.x @ self.c.T
+
+
+class TimeCoarseTopk:
+    """The coarse step of an IVF search: the top-p centroids of each query (nprobe = p).
+    p < 32 runs the sorted insertion, p >= 32 the score block + cut (``assign.py``)."""
+
+    params = ([str(s) for s in ([(2000, 50, 1024)] if QUICK else
+                                [(2000, 50, 1024), (10000, 784, 1024)])],
+              [2, 8, 32, 64])
+    param_names = ["shape", "p"]
+    timeout = 600
+
+    def setup(self, shape, p):
+        import numba_ivf
+        n, d, k = eval(shape)
+        self.q = clustered(n, d, seed=3)
+        self.c = clustered(k, d, seed=4)
+        numba_ivf.coarse_topk(self.q[:64], self.c, p)
+        self.fn = numba_ivf.coarse_topk
+
+    def time_coarse_topk(self, shape, p):
+        self.fn(self.q, self.c, p)
