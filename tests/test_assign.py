@@ -146,15 +146,8 @@ def test_topk_score_block_equals_sorted_insertion(n, d, k, p, seed, ints, l2):
         x = rng.standard_normal((n, d)).astype(np.float32)
         c = rng.standard_normal((k, d)).astype(np.float32)
     P = A.prepare_centroids(c, l2)
-    block = np.empty((A.ASSIGN_MR, A.ASSIGN_NR), np.float32)
-    rowmax = np.empty(A.ASSIGN_MR, np.float32)
-    kk = P.panels.shape[0] * A.ASSIGN_NR
-    s_a, i_a = np.empty((n, p), np.float32), np.empty((n, p), np.int64)
-    s_b, i_b = np.empty((n, p), np.float32), np.empty((n, p), np.int64)
-    A._tile_topk(x, 0, n, P.panels, P.bias, block, rowmax, s_a, i_a)
-    A._tile_topk_scores(x, 0, n, P.panels, P.bias, block, rowmax, s_b, i_b,
-                        np.empty((n, kk), np.float32), np.empty(kk, np.float32),
-                        np.empty(kk, np.int64))
+    s_a, i_a = A.topk_prepared(x, P, p, score_block=False)
+    s_b, i_b = A.topk_prepared(x, P, p, score_block=True)
     np.testing.assert_array_equal(i_b, i_a)
     np.testing.assert_array_equal(s_b, s_a)
 

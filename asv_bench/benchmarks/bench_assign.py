@@ -56,22 +56,24 @@ class TimeSgemmReference:
 
 
 class TimeCoarseTopk:
-    """The coarse step of an IVF search: the top-p centroids of each query (nprobe = p).
-    p < 32 runs the sorted insertion, p >= 32 the score block + cut (``assign.py``)."""
+    """The coarse step of an IVF search: the top-p centroids of each query (nprobe = p),
+    by both workers: the sorted insertion per candidate and the score block + cut
+    (``assign.py``; the default takes the block from ASSIGN_TOPK_SCORES_MIN_P = 32)."""
 
     params = ([str(s) for s in ([(2000, 50, 1024)] if QUICK else
                                 [(2000, 50, 1024), (10000, 784, 1024)])],
-              [2, 8, 32, 64])
-    param_names = ["shape", "p"]
+              [2, 8, 32, 64], ["insertion", "block"])
+    param_names = ["shape", "p", "worker"]
     timeout = 600
 
-    def setup(self, shape, p):
-        import numba_ivf
+    def setup(self, shape, p, worker):
+        from numba_ivf.kernels.assign import prepare_centroids, topk_prepared
         n, d, k = eval(shape)
         self.q = clustered(n, d, seed=3)
-        self.c = clustered(k, d, seed=4)
-        numba_ivf.coarse_topk(self.q[:64], self.c, p)
-        self.fn = numba_ivf.coarse_topk
+        self.prepared = prepare_centroids(clustered(k, d, seed=4), True)
+        self.block = worker == "block"
+        self.fn = topk_prepared
+        self.fn(self.q[:64], self.prepared, p, self.block)
 
-    def time_coarse_topk(self, shape, p):
-        self.fn(self.q, self.c, p)
+    def time_coarse_topk(self, shape, p, worker):
+        self.fn(self.q, self.prepared, p, self.block)

@@ -238,8 +238,10 @@ def tiled_argmax(x, panels, bias, l2, tile):
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
-def tiled_topk(x, panels, bias, l2, tile, p_top):
-    """Top-p centroids per row, best first: (distances float32, indices int64)."""
+def tiled_topk(x, panels, bias, l2, tile, p_top, score_block):
+    """Top-p centroids per row, best first: (distances float32, indices int64).
+    ``score_block`` picks the worker (``_tile_topk_scores`` or ``_tile_topk``); both
+    give the same result."""
     n = x.shape[0]
     top_s = np.empty((n, p_top), dtype=np.float32)
     top_i = np.empty((n, p_top), dtype=np.int64)
@@ -249,7 +251,7 @@ def tiled_topk(x, panels, bias, l2, tile, p_top):
         s1 = min(s0 + tile, n)
         block = np.empty((ASSIGN_MR, ASSIGN_NR), dtype=np.float32)
         rowmax = np.empty(ASSIGN_MR, dtype=np.float32)
-        if p_top >= ASSIGN_TOPK_SCORES_MIN_P:
+        if score_block:
             kk = panels.shape[0] * ASSIGN_NR
             S = np.empty((s1 - s0, kk), dtype=np.float32)
             cs = np.empty(kk, dtype=np.float32)
@@ -382,18 +384,24 @@ def assign_prepared(x: np.ndarray, prepared: CentroidPanels):
                         tile_rows(x.shape[0], x.shape[1], _threads()))
 
 
-def topk_prepared(x: np.ndarray, prepared: CentroidPanels, p: int):
+def topk_prepared(x: np.ndarray, prepared: CentroidPanels, p: int,
+                  score_block: bool | None = None):
     """Tiled top-p of validated float32 rows against prepared centroids, best first.
 
-    Returns (distances float32 (n, p), indices int64 (n, p)); p <= k.
+    Returns (distances float32 (n, p), indices int64 (n, p)); p <= k. ``score_block``
+    forces one worker (benchmarks compare them); by default p >= ASSIGN_TOPK_SCORES_MIN_P
+    takes the score block.
     """
+    if score_block is None:
+        score_block = p >= ASSIGN_TOPK_SCORES_MIN_P
     tile = tile_rows(x.shape[0], x.shape[1], _threads())
-    if p >= ASSIGN_TOPK_SCORES_MIN_P:
+    if score_block:
         # The tile's score block must stay in L2 beside the panel being read.
         kk = prepared.panels.shape[0] * ASSIGN_NR
         fit = max(ASSIGN_MR, ASSIGN_TOPK_SCORE_BYTES // (4 * kk) // ASSIGN_MR * ASSIGN_MR)
         tile = min(tile, fit)
-    return tiled_topk(x, prepared.panels, prepared.bias, prepared.l2, tile, p)
+    return tiled_topk(x, prepared.panels, prepared.bias, prepared.l2, tile, p,
+                      bool(score_block))
 
 
 def coarse_topk(q, centroids, nprobe: int, metric: str = "l2"):

@@ -47,11 +47,17 @@ _FM = set(FASTMATH)
 
 
 @njit(cache=True, fastmath=_FM)
-def _prologue(q, unit, panels, coarse_metric, min_run, max_runs, by_residual, sizes,
-              max_rows, codebooks_t, kind, qf, base, lists, qlut):
-    """Steps 1-3 into qf, base, lists, qlut; returns a status."""
+def _prologue(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by_residual,
+              sizes, max_rows, codebooks_t, kind):
+    """Steps 1-3: (status, qf, base, lists, qlut), the prepared row, the probed lists'
+    keys and indices and the query's (m, ksub) table; only DONE fills them all."""
+    m, _, ksub = codebooks_t.shape
+    qf = np.empty(q.shape[0], dtype=np.float32)
+    base = np.empty(nprobe, dtype=np.float32)
+    lists = np.empty(nprobe, dtype=np.int64)
+    qlut = np.empty((m, ksub), dtype=np.float32)
     if not query_into(q, unit, qf):
-        return NOT_FINITE
+        return NOT_FINITE, qf, base, lists, qlut
     coarse_one_query(qf, panels, sizes.shape[0], coarse_metric, min_run, max_runs,
                      np.empty(panels.shape[0] * panels.shape[2], dtype=np.float32), base,
                      lists)
@@ -59,11 +65,11 @@ def _prologue(q, unit, panels, coarse_metric, min_run, max_runs, by_residual, si
     for p in range(lists.shape[0]):
         rows += sizes[lists[p]]
     if rows >= max_rows:
-        return TOO_BIG
+        return TOO_BIG, qf, base, lists, qlut
     if not by_residual:
         base[:] = 0.0
     query_table(qf, codebooks_t, kind, qlut)
-    return DONE
+    return DONE, qf, base, lists, qlut
 
 
 @njit(cache=True, fastmath=_FM)
@@ -90,12 +96,9 @@ def adc_search_one(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by
     """One 8-bit IVF-PQ query (see the module docstring): ``kk`` candidates from the
     scan (k_factor * k with refine, else k), the best k = out_d.shape[1] returned."""
     m, _, ksub = codebooks_t.shape
-    qf = np.empty(q.shape[0], dtype=np.float32)
-    base = np.empty(nprobe, dtype=np.float32)
-    lists = np.empty(nprobe, dtype=np.int64)
-    qlut = np.empty((m, ksub), dtype=np.float32)
-    status = _prologue(q, unit, panels, coarse_metric, min_run, max_runs, by_residual,
-                       sizes, max_rows, codebooks_t, kind, qf, base, lists, qlut)
+    status, qf, base, lists, qlut = _prologue(q, unit, panels, coarse_metric, min_run,
+                                              max_runs, nprobe, by_residual, sizes,
+                                              max_rows, codebooks_t, kind)
     if status != DONE:
         return status
     cand_d = np.empty(kk, dtype=np.float32)
@@ -116,12 +119,9 @@ def fastscan_search_one(q, unit, panels, coarse_metric, min_run, max_runs, nprob
     fast-scan ``backend`` token."""
     m = codebooks_t.shape[0]
     m2 = (m + 1) // 2
-    qf = np.empty(q.shape[0], dtype=np.float32)
-    base = np.empty(nprobe, dtype=np.float32)
-    lists = np.empty(nprobe, dtype=np.int64)
-    qlut = np.empty((m, 16), dtype=np.float32)
-    status = _prologue(q, unit, panels, coarse_metric, min_run, max_runs, by_residual,
-                       sizes, max_rows, codebooks_t, kind, qf, base, lists, qlut)
+    status, qf, base, lists, qlut = _prologue(q, unit, panels, coarse_metric, min_run,
+                                              max_runs, nprobe, by_residual, sizes,
+                                              max_rows, codebooks_t, kind)
     if status != DONE:
         return status
     cand_d = np.empty(kk, dtype=np.float32)
