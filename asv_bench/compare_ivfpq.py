@@ -143,7 +143,6 @@ def _eight(x, xf, q, qf, gt, d, nlist, m8, metric, fmetric, quantizer, nprobes, 
     _sweep("8-bit ADC: numba_ivf.IVFPQ vs faiss.IndexIVFPQ",
            lambda qq, p: o8.search(qq, 10, nprobe=p), ref8, q, gt, nprobes, n_single,
            repeats)
-    del o8, f8
 
 
 def _four(x, xf, q, qf, gt, d, nlist, m4, metric, fmetric, quantizer, nprobes, n_single,

@@ -12,8 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import numba_ivf
-from numba_ivf.kernels import fastscan
-from numba_ivf.kernels.topk import ID_SENTINEL
 from tests.naive import ivfpq as naive
 from tests.naive.pq import decode
 from tests.naive.search import brute_force
@@ -315,8 +313,7 @@ def test_memory_of_fastscan_lists():
     # Lists are not padded to whole 32-vector blocks (they share boundary blocks), so
     # the bound holds without a per-list allowance.
     assert lists <= 1.1 * n * (M / 2 + 8)
-    starts, sizes = idx._lists.starts, idx._lists.sizes
-    assert (starts % 32).any()                       # some list starts inside a block
+    assert (idx._lists.starts % 32).any()                       # some list starts inside a block
 
 
 @settings(max_examples=15, deadline=None)

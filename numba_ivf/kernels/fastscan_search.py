@@ -239,7 +239,6 @@ def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_ter
     padding row is zero, acc (32,) uint16, and the reservoir rd, ri, rr
     (``topk.res_capacity(k)``,) are scratch.
     """
-    m = qlut.shape[0]
     k = hd.shape[0]
     nres = 0
     thr = np.float32(np.inf)
