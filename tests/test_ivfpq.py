@@ -93,9 +93,10 @@ def test_fastscan_equals_quantized_oracle(nbits, metric, by_residual, nprobe, da
        spread=st.floats(1e-3, 1e4), constant=st.booleans())
 def test_shared_scale_tables_equal_oracle_and_never_overflow(seed, m, nprobe, spread,
                                                              constant):
-    # The per-query shared scale (L2 by residual): same codes, biases and scale as the
-    # oracle, entries <= 255 and every code's sum <= 65535 (m up to 300: both terms of
-    # the scale's min bind somewhere); constant rows give scale 1 and zero tables.
+    # The per-query shared scale (L2 by residual): same row minima, codes, biases and
+    # scale as the oracle, entries <= 255 and every code's sum <= 65535 (m up to 300:
+    # both terms of the scale's min bind somewhere; the float32 quantization's rounding
+    # must stay inside the bound); constant rows give scale 1 and zero tables.
     from numba_ivf.kernels import fastscan_search as fs
     rng = np.random.default_rng(seed)
     qlut = (rng.standard_normal((m, 16)) * spread).astype(np.float32)
@@ -116,6 +117,7 @@ def test_shared_scale_tables_equal_oracle_and_never_overflow(seed, m, nprobe, sp
         assert scale == 1.0
     for p in range(nprobe):
         out = np.zeros((2 * ((m + 1) // 2), 16), dtype=np.uint8)
+        np.testing.assert_array_equal(lo[p], (qlut + term[p]).min(axis=1))
         fs._quantize_pair(qlut, term[p], lo[p], scale, out)
         np.testing.assert_array_equal(out, u8s[p])
         assert fs._pair_bias(lo[p]) == biases[p]

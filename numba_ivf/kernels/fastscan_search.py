@@ -40,7 +40,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH, FASTSCAN_ACC_MAX
-from ._lutquant import quantize_rows
+from ._lutquant import quantize_rows, row_extrema
 from ._rowkeys import lowest_bit, prefetch_span
 from .fastscan import accumulate_block_below, quantize_lut_into
 from .topk import res_capacity, res_finish, res_push
@@ -49,6 +49,10 @@ __all__ = ["fastscan_batch", "fastscan_serial", "fastscan_single", "dequantize",
            "key_threshold", "query_scale", "scan_query", "shared_scale"]
 
 _FM = set(FASTMATH)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Per-row allowance in the uint16 bound: 0.5 for rounding to nearest, plus the float32
+# rounding of the quantization (< 5e-5 per entry, see shared_scale).
+_ROUND_SLACK = 0.50005
 
 
 @njit(cache=True)
@@ -127,7 +131,7 @@ def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, r
 #
 # FAISS's scheme: the pair tables lut_p = qlut + term[l_p] of one query are quantized
 # with ONE scale s shared by all its probed lists and a per-list bias (the sum of the
-# row minima). s = min(255 / max_{p,j} r_pj, (A - m/2) / max_p sum_j r_pj) with r_pj
+# row minima). s = min(255 / max_{p,j} r_pj, (A - 0.50005 m) / max_p sum_j r_pj) with r_pj
 # the span of row j of lut_p, so every bound of ``quantize_lut_into`` holds for every
 # list (each list's span sum is <= the maximum). Pass 1 finds the row minima and spans,
 # pass 2 rebuilds each table (m * 16 adds, cheaper than keeping nprobe tables around)
@@ -137,35 +141,10 @@ def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, r
 # row extrema pass may vectorise freely.
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(cache=True)
 def _pair_minmax(qlut, term_l, lo, hi):
-    """lo[j], hi[j] = min, max over c of the float32 sum qlut[j, c] + term_l[j, c].
-
-    Written as a halving tree over the 16 entries (8, 4, 2, 1 independent min/max) so
-    that it vectorises without ``nnan`` (a running-min loop is a reduction LLVM keeps
-    scalar unless NaNs are ruled out).
-    """
-    for j in range(qlut.shape[0]):
-        a0 = min(qlut[j, 0] + term_l[j, 0], qlut[j, 8] + term_l[j, 8])
-        b0 = max(qlut[j, 0] + term_l[j, 0], qlut[j, 8] + term_l[j, 8])
-        a1 = min(qlut[j, 1] + term_l[j, 1], qlut[j, 9] + term_l[j, 9])
-        b1 = max(qlut[j, 1] + term_l[j, 1], qlut[j, 9] + term_l[j, 9])
-        a2 = min(qlut[j, 2] + term_l[j, 2], qlut[j, 10] + term_l[j, 10])
-        b2 = max(qlut[j, 2] + term_l[j, 2], qlut[j, 10] + term_l[j, 10])
-        a3 = min(qlut[j, 3] + term_l[j, 3], qlut[j, 11] + term_l[j, 11])
-        b3 = max(qlut[j, 3] + term_l[j, 3], qlut[j, 11] + term_l[j, 11])
-        a4 = min(qlut[j, 4] + term_l[j, 4], qlut[j, 12] + term_l[j, 12])
-        b4 = max(qlut[j, 4] + term_l[j, 4], qlut[j, 12] + term_l[j, 12])
-        a5 = min(qlut[j, 5] + term_l[j, 5], qlut[j, 13] + term_l[j, 13])
-        b5 = max(qlut[j, 5] + term_l[j, 5], qlut[j, 13] + term_l[j, 13])
-        a6 = min(qlut[j, 6] + term_l[j, 6], qlut[j, 14] + term_l[j, 14])
-        b6 = max(qlut[j, 6] + term_l[j, 6], qlut[j, 14] + term_l[j, 14])
-        a7 = min(qlut[j, 7] + term_l[j, 7], qlut[j, 15] + term_l[j, 15])
-        b7 = max(qlut[j, 7] + term_l[j, 7], qlut[j, 15] + term_l[j, 15])
-        a0, a1, a2, a3 = min(a0, a4), min(a1, a5), min(a2, a6), min(a3, a7)
-        b0, b1, b2, b3 = max(b0, b4), max(b1, b5), max(b2, b6), max(b3, b7)
-        lo[j] = min(min(a0, a2), min(a1, a3))
-        hi[j] = max(max(b0, b2), max(b1, b3))
+    """lo[j], hi[j] = min, max over c of the float32 sum qlut[j, c] + term_l[j, c]."""
+    row_extrema(qlut, term_l, lo, hi)
 
 
 @njit(cache=True)
@@ -182,15 +161,26 @@ def _span_stats(lo, hi):
 
 @njit(cache=True)
 def shared_scale(rmax, rsum, m):
-    """The quantization scale shared by a query's lists (1 when every row is constant)."""
+    """The quantization scale shared by a query's lists (1 when every row is constant).
+
+    min(255 / max r, (65535 - 0.50005 m) / max sum r), rounded DOWN to a float32: the
+    pair tables are quantized in float32 (``_quantize_pair``) and dequantized in float64
+    with this same value, and a smaller scale only loosens the bound. With s a float32,
+    an entry floor(fl(fl(fl(x - lo) * s) + 0.5)) is at most r_j s + 0.5 + 5e-5 (three
+    roundings of a value <= 255.5), which the 0.50005 per row absorbs.
+    """
     if rsum > 0.0:
-        return min(255.0 / rmax, (FASTSCAN_ACC_MAX - 0.5 * m) / rsum)
+        s = min(255.0 / rmax, (FASTSCAN_ACC_MAX - _ROUND_SLACK * m) / rsum, _FLOAT32_MAX)
+        s32 = np.float32(s)
+        if np.float64(s32) > s:
+            s32 = np.nextafter(s32, np.float32(0.0))
+        return np.float64(s32)
     return 1.0
 
 
 @njit(cache=True)
 def _quantize_pair(qlut, term_l, lo, scale, out_u8):
-    """out_u8[j, c] = floor((float64(qlut + term_l)[j, c] - lo[j]) * scale + 0.5).
+    """out_u8[j, c] = floor(((qlut + term_l)[j, c] - lo[j]) * scale + 0.5) in float32.
     Padding rows stay as set. Vectorised in LLVM IR (``_lutquant``): Numba's loop kept
     the float -> uint8 conversion scalar, 2.9 us of a ~4 us (query, list) pair at m=112.
     """

@@ -57,8 +57,9 @@ def adc_search(index, q, k):
 def shared_scale_tables(luts):
     """Quantize the float32 pair tables (m, 16) of one query's probed lists with one
     shared scale (the kernel's L2-by-residual scheme): per-table row minima, row spans
-    r = hi - lo in float64, scale = min(255 / max r, (65535 - m/2) / max_table sum r)
-    (1 if every span is 0), q = floor((x - lo) * scale + 0.5), bias = sum of minima.
+    r = hi - lo in float64, scale = min(255 / max r, (65535 - 0.50005 m) / max_table
+    sum r) rounded down to a float32 (1 if every span is 0), q = floor((x - lo) * scale
+    + 0.5) with every operation rounded to float32, bias = sum of minima (float64).
     Returns ([lut_u8], [bias], scale)."""
     m = luts[0].shape[0] if luts else 1
     rmax, rsum_max, mins = 0.0, 0.0, []
@@ -71,13 +72,20 @@ def shared_scale_tables(luts):
             rsum += r
         rsum_max = max(rsum_max, rsum)
         mins.append(lo)
-    scale = min(255.0 / rmax, (65535 - 0.5 * m) / rsum_max) if rsum_max > 0 else 1.0
+    scale = 1.0
+    if rsum_max > 0:
+        scale = min(255.0 / rmax, (65535 - 0.50005 * m) / rsum_max,
+                    float(np.finfo(np.float32).max))
+        s32 = np.float32(scale)        # the largest float32 not above it
+        scale = float(s32 if float(s32) <= scale else np.nextafter(s32, np.float32(0)))
     out, biases = [], []
+    f32, s32 = np.float32, np.float32(scale)
     for lut, lo in zip(luts, mins):
         u8 = np.zeros((2 * ((m + 1) // 2), 16), dtype=np.uint8)
         for j in range(m):
             for c in range(16):
-                u8[j, c] = int(math.floor((float(lut[j, c]) - lo[j]) * scale + 0.5))
+                x = f32(f32(f32(lut[j, c]) - f32(lo[j])) * s32) + f32(0.5)
+                u8[j, c] = int(math.floor(x))
         bias = 0.0
         for v in lo:
             bias += v
