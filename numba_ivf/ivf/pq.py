@@ -352,11 +352,15 @@ class IVFPQ(IVFBase):
 
     def _tables(self, q, scores, serial=False):
         """Per-pair base (nq, nprobe), per-query tables (nq, m, ksub), term table,
-        use_term: the tables materialised (the 4-bit path; tests replay them)."""
+        use_term: the tables the 4-bit scan builds query by query, materialised (tests
+        replay them)."""
         from ..kernels.pq_encode import query_tables, query_tables_serial
         base, kind, term, use_term = self._table_spec(scores)
         fn = query_tables_serial if serial else query_tables
-        return base, fn(q, self._pq.codebooks_t, kind), term, use_term
+        cbt = self._pq.codebooks_t
+        qluts = np.empty((q.shape[0], cbt.shape[0], cbt.shape[2]), dtype=np.float32)
+        fn(q, cbt, kind, qluts)
+        return base, qluts, term, use_term
 
     def _choose_path(self, nq: int, probes: np.ndarray) -> str:
         if nq >= _n_threads():
@@ -378,12 +382,12 @@ class IVFPQ(IVFBase):
                kind, term, use_term, keys, ids)
             return None
         from ..kernels import fastscan_search as fs
-        base, qluts, term, use_term = self._tables(q, scores, serial)
+        base, kind, term, use_term = self._table_spec(scores)
         fn = {"single": fs.fastscan_single, "batch": fs.fastscan_batch,
               "serial": fs.fastscan_serial}[path]
         rows = np.empty(keys.shape, dtype=np.int64)
-        fn(codes, L.ids, L.starts, L.sizes, probes, base, qluts, term, use_term, keys, ids,
-           rows, not self._refine, backend)
+        fn(codes, L.ids, L.starts, L.sizes, probes, base, q, self._pq.codebooks_t, kind,
+           term, use_term, keys, ids, rows, not self._refine, backend)
         return rows
 
     def _refine_exact(self, q, keys, ids, k, serial=False, rows=None):

@@ -43,6 +43,7 @@ from .._config import FASTMATH, FASTSCAN_ACC_MAX
 from ._lutquant import quantize_rows, row_extrema
 from ._rowkeys import lowest_bit, prefetch_span
 from .fastscan import accumulate_block_below, quantize_lut_into
+from .pq_encode import query_table
 from .topk import res_capacity, res_finish, res_push
 
 __all__ = ["fastscan_batch", "fastscan_serial", "fastscan_single", "dequantize",
@@ -266,22 +267,27 @@ def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_ter
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def fastscan_batch(packed, ids, starts, sizes, probes, base, qluts, term, use_term,
-                   out_d, out_i, out_r, ordered, backend):
+def fastscan_batch(packed, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
+                   use_term, out_d, out_i, out_r, ordered, backend):
     """Top-k keys of every query over its probed lists; prange over queries.
 
     packed (ceil(cap/32), ceil(m/2), 32) uint8; ids (cap,) int64; starts and sizes
-    (nlist,) int64 (a list may start inside a block); probes (nq, nprobe) int64 (-1 = skip); base (nq, nprobe)
-    float32; qluts (nq, m, 16) float32; term (nlist, m, 16) float32 (used iff use_term);
+    (nlist,) int64 (a list may start inside a block); probes (nq, nprobe) int64 (-1 =
+    skip); base (nq, nprobe) float32; q (nq, d) float32 with codebooks_t (m, dsub, 16)
+    and the table kind (``pq_encode.TABLE_*``): each query's float table (m, 16) is built
+    here (``query_table``), not read from an (nq, m, 16) array that costs more to
+    allocate and fill than to compute; term (nlist, m, 16) float32 (used iff use_term);
     out_d (nq, k) float32 keys ascending, out_i (nq, k) int64 (ID_SENTINEL padding),
     out_r (nq, k) int64 arena rows (-1 padding); sorted per query if ``ordered`` (else
     only the set, for re-ranking).
     """
     nq, nprobe = probes.shape
-    m = qluts.shape[1]
+    m, _, ksub = codebooks_t.shape
     m2 = (m + 1) // 2
     cap = res_capacity(out_d.shape[1])
     for qi in prange(nq):
+        qlut = np.empty((m, ksub), dtype=np.float32)
+        query_table(q[qi], codebooks_t, kind, qlut)
         lo = np.empty((nprobe, m), dtype=np.float32)
         hi = np.empty(m, dtype=np.float32)
         lut_u8 = np.zeros((2 * m2, 16), dtype=np.uint8)
@@ -289,14 +295,14 @@ def fastscan_batch(packed, ids, starts, sizes, probes, base, qluts, term, use_te
         rd = np.empty(cap, dtype=np.float32)
         ri = np.empty(cap, dtype=np.int64)
         rr = np.empty(cap, dtype=np.int64)
-        scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qluts[qi], term,
+        scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qlut, term,
                    use_term, lo, hi, lut_u8, acc, rd, ri, rr, out_d[qi], out_i[qi],
                    out_r[qi], ordered, backend)
 
 
 @njit(cache=True, parallel=True, fastmath=_FM)
-def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_term,
-                    out_d, out_i, out_r, ordered, backend):
+def fastscan_single(packed, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
+                    use_term, out_d, out_i, out_r, ordered, backend):
     """``fastscan_batch`` for few queries: each query prange's over its probed lists.
 
     The shared scale (pass 1) is found serially; probe p then owns row p of the
@@ -304,10 +310,11 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_t
     reservoir (the k best of all of them, in the same order as one serial pass).
     """
     nq, nprobe = probes.shape
-    m = qluts.shape[1]
+    m, _, ksub = codebooks_t.shape
     m2 = (m + 1) // 2
     k = out_d.shape[1]
     cap = res_capacity(k)
+    qlut = np.empty((m, ksub), dtype=np.float32)
     rd = np.empty((nprobe, cap), dtype=np.float32)
     ri = np.empty((nprobe, cap), dtype=np.int64)
     rr = np.empty((nprobe, cap), dtype=np.int64)
@@ -321,17 +328,18 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_t
     acc = np.empty((nprobe, 32), dtype=np.uint16)
     shared_u8 = np.zeros((2 * m2, 16), dtype=np.uint8)
     for qi in range(nq):
+        query_table(q[qi], codebooks_t, kind, qlut)
         sbias, sscale = 0.0, 1.0
         if use_term:
-            sscale = query_scale(qluts[qi], term, probes[qi], sizes, lo, hi)
+            sscale = query_scale(qlut, term, probes[qi], sizes, lo, hi)
         else:
-            sbias, sscale = quantize_lut_into(qluts[qi], shared_u8)
+            sbias, sscale = quantize_lut_into(qlut, shared_u8)
         for p in prange(nprobe):
             nres[p] = 0
             lst = probes[qi, p]
             if lst >= 0 and sizes[lst] > 0:
                 if use_term:
-                    _quantize_pair(qluts[qi], term[lst], lo[p], sscale, lut_u8[p])
+                    _quantize_pair(qlut, term[lst], lo[p], sscale, lut_u8[p])
                     nres[p], _ = scan_list_blocks(
                         packed, ids, starts[lst], sizes[lst], lut_u8[p], _pair_bias(lo[p]),
                         sscale, base[qi, p], rd[p], ri[p], rr[p], 0, np.float32(np.inf),
@@ -352,12 +360,13 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, qluts, term, use_t
 
 
 @njit(cache=True, fastmath=_FM)
-def fastscan_serial(packed, ids, starts, sizes, probes, base, qluts, term, use_term,
-                    out_d, out_i, out_r, ordered, backend):
+def fastscan_serial(packed, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
+                    use_term, out_d, out_i, out_r, ordered, backend):
     """``fastscan_batch`` on the calling thread (few queries over short lists)."""
     nq, nprobe = probes.shape
-    m = qluts.shape[1]
+    m, _, ksub = codebooks_t.shape
     m2 = (m + 1) // 2
+    qlut = np.empty((m, ksub), dtype=np.float32)
     cap = res_capacity(out_d.shape[1])
     lo = np.empty((nprobe, m), dtype=np.float32)
     hi = np.empty(m, dtype=np.float32)
@@ -367,6 +376,7 @@ def fastscan_serial(packed, ids, starts, sizes, probes, base, qluts, term, use_t
     ri = np.empty(cap, dtype=np.int64)
     rr = np.empty(cap, dtype=np.int64)
     for qi in range(nq):
-        scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qluts[qi], term,
+        query_table(q[qi], codebooks_t, kind, qlut)
+        scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qlut, term,
                    use_term, lo, hi, lut_u8, acc, rd, ri, rr, out_d[qi], out_i[qi],
                    out_r[qi], ordered, backend)

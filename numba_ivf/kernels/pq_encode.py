@@ -10,6 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH
+from ._pqtable import table_rows
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
@@ -46,6 +47,21 @@ def _tables_one(q, codebooks_t, l2, out):
                     out[j, c] += qt * codebooks_t[j, t, c]
 
 
+@njit(cache=True, fastmath=FASTMATH)
+def _table(q, codebooks_t, l2, f, out):
+    """out = the squared distances (l2) or f times the inner products of one query:
+    ``_pqtable.table_rows`` (each group of 16 codes' sums kept in registers) when ksub
+    is a multiple of 16 (PQ's 16 and 256), else the plain loop."""
+    if codebooks_t.shape[2] % 16 == 0:
+        table_rows(q, codebooks_t, l2, f, out)
+        return
+    _tables_one(q, codebooks_t, l2, out)
+    if not l2 and f != 1.0:
+        for j in range(out.shape[0]):
+            for c in range(out.shape[1]):
+                out[j, c] *= f
+
+
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
 def pq_distance_tables(q, codebooks_t, l2):
     """Per query, sub-space and code: squared distance (l2) or inner product.
@@ -57,7 +73,7 @@ def pq_distance_tables(q, codebooks_t, l2):
     m, _, ksub = codebooks_t.shape
     out = np.empty((nq, m, ksub), dtype=np.float32)
     for i in prange(nq):
-        _tables_one(q[i], codebooks_t, l2, out[i])
+        _table(q[i], codebooks_t, l2, np.float32(1.0), out[i])
     return out
 
 
@@ -73,33 +89,28 @@ TABLE_NIP = 2
 
 @njit(cache=True, fastmath=FASTMATH)
 def query_table(q, codebooks_t, kind, out):
-    """The search table (m, ksub) of one float32 query into ``out``."""
-    _tables_one(q, codebooks_t, kind == TABLE_L2, out)
-    if kind != TABLE_L2:
-        f = np.float32(-2.0) if kind == TABLE_M2IP else np.float32(-1.0)
-        for j in range(out.shape[0]):
-            for c in range(out.shape[1]):
-                out[j, c] *= f
+    """The search table (m, ksub) of one float32 query into ``out`` (C-contiguous).
+    Every scan builds its tables here, so they have the same bits on every path."""
+    f = np.float32(-2.0) if kind == TABLE_M2IP else np.float32(-1.0)
+    _table(q, codebooks_t, kind == TABLE_L2, f, out)
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
-def query_tables(q, codebooks_t, kind):
-    """``query_table`` of every row of q: (nq, m, ksub) float32; prange over queries."""
-    m, _, ksub = codebooks_t.shape
-    out = np.empty((q.shape[0], m, ksub), dtype=np.float32)
+def query_tables(q, codebooks_t, kind, out):
+    """``query_table`` of every row of q into out (nq, m, ksub) float32; prange over
+    queries. The caller allocates ``out`` with numpy: allocated here (7 MB per 1000
+    queries at m=112) its first touch cost more page faults than the tables took (numpy
+    asks for huge pages for large arrays, Numba's allocator does not): 47 vs 16 ms for
+    10000 queries."""
     for i in prange(q.shape[0]):
         query_table(q[i], codebooks_t, kind, out[i])
-    return out
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def query_tables_serial(q, codebooks_t, kind):
+def query_tables_serial(q, codebooks_t, kind, out):
     """``query_tables`` on the calling thread (a few queries)."""
-    m, _, ksub = codebooks_t.shape
-    out = np.empty((q.shape[0], m, ksub), dtype=np.float32)
     for i in range(q.shape[0]):
         query_table(q[i], codebooks_t, kind, out[i])
-    return out
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
