@@ -166,6 +166,9 @@ def test_block_and_below_mask(case, backend):
             bits = (int(mask) >> np.arange(32)) & 1
             np.testing.assert_array_equal(bits.astype(bool), out.astype(np.int64) < thr,
                                           err_msg=f"block {b}, threshold {thr}")
+            if thr >= 1:              # the unchecked form the search's inner loop uses
+                t = np.uint16(min(thr - 1, 65535))
+                assert fs.block_sums_below(packed, b, lut_u8, out, t, token) == mask
 
 
 def test_accumulate_block_errors():
