@@ -29,13 +29,16 @@ PARAMS = {  # dataset -> (m for 8-bit, m for 4-bit)
 }
 
 
-def _median_time(fn, repeats):
-    ts = []
+def _median_times(fns, repeats):
+    """Median wall time of each function, the functions run in turn in every repeat
+    (on a shared machine the load drifts; alternating keeps it out of the ratios)."""
+    ts = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+        for f, t in zip(fns, ts):
+            t0 = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in ts]
 
 
 def _recall(I, gt, k=10):
@@ -50,12 +53,11 @@ def _sweep(label, ours_fn, ref_fn, q, gt, nprobes, n_single, repeats):
     for nprobe in nprobes:
         r_o = _recall(ours_fn(q, nprobe)[1], gt)
         r_f = _recall(ref_fn(q, nprobe)[1], gt)
-        tb_o = _median_time(lambda: ours_fn(q, nprobe), repeats)
-        tb_f = _median_time(lambda: ref_fn(q, nprobe), repeats)
-        ts_o = _median_time(lambda: [ours_fn(qs[i:i + 1], nprobe) for i in range(len(qs))],
-                            repeats)
-        ts_f = _median_time(lambda: [ref_fn(qs[i:i + 1], nprobe) for i in range(len(qs))],
-                            repeats)
+        tb_o, tb_f = _median_times([lambda: ours_fn(q, nprobe),
+                                    lambda: ref_fn(q, nprobe)], repeats)
+        ts_o, ts_f = _median_times(
+            [lambda: [ours_fn(qs[i:i + 1], nprobe) for i in range(len(qs))],
+             lambda: [ref_fn(qs[i:i + 1], nprobe) for i in range(len(qs))]], repeats)
         qb_o, qb_f = len(q) / tb_o, len(q) / tb_f
         qs_o, qs_f = len(qs) / ts_o, len(qs) / ts_f
         print(f"{nprobe:>6} | {r_o:>9.4f} {r_f:>10.4f} | {qb_o:>14.0f} {qb_f:>9.0f} "
