@@ -323,7 +323,9 @@ def res_cut(rd, ri, rr, n, k, most):
 def res_push(rd, ri, rr, n, thr, k, d, i, r):
     """Append (d, i, r), which the caller admitted with ``d <= thr``, to the reservoir
     (rd, ri, rr) holding n entries; returns the new (n, thr). A full reservoir is cut
-    back (``res_cut``) and takes a lower admission key."""
+    back (``res_cut``) and takes a lower admission key. The protocol's reference: the
+    fast-scan lane loop (``fastscan_search.scan_list_blocks``) writes these steps out,
+    because calling this from it was measured 1.2-1.4x slower there."""
     rd[n] = d
     ri[n] = i
     rr[n] = r
