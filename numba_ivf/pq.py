@@ -99,8 +99,11 @@ class ProductQuantizer:
         codebooks = np.empty((self.m, self.ksub, self.dsub), dtype=np.float32)
         for j in range(self.m):
             sub = np.ascontiguousarray(x[:, j * self.dsub:(j + 1) * self.dsub])
+            # No Hamerly bounds: with 16-256 centroids in 1-14 dimensions they skip few
+            # rows and their top-2 costs more than the argmax (60000 x 14, k=256: 0.55
+            # vs 0.30 s per sub-space, same objective to 7 digits).
             km = KMeans(self.ksub, n_iter=n_iter, seed=int(rng.integers(2**31)),
-                        max_points_per_centroid=None, verbose=False)
+                        max_points_per_centroid=None, bounds=False, verbose=False)
             codebooks[j] = km.fit(sub).centroids
             if verbose:
                 print(f"ProductQuantizer: sub-space {j + 1}/{self.m} trained, "
