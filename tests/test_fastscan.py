@@ -174,6 +174,10 @@ def test_block_and_below_mask(case, backend):
 def test_accumulate_block_errors():
     codes, lut_u8 = _random_case(31, 40, 4)
     packed = fs.pack_codes(codes)
+    with pytest.raises(ValueError, match="at least 32 entries"):
+        fs.check_block_operands(packed, lut_u8, np.empty(16, np.uint16))
+    with pytest.raises(ValueError, match=r"lut_u8 must have shape \(2\*M2, 16\)"):
+        fs.check_block_operands(packed, lut_u8[:2], np.empty(32, np.uint16))
     with pytest.raises(IndexError, match="block index b out of range"):
         fs.accumulate_block(packed, 2, lut_u8, np.empty(32, np.uint16))
     with pytest.raises(ValueError, match="at least 32 entries"):

@@ -126,6 +126,36 @@ def test_shared_scale_tables_equal_oracle_and_never_overflow(seed, m, nprobe, sp
             assert not out.any()
 
 
+def test_scan_list_blocks_rejects_rows_outside_the_arena():
+    # The lane loop runs the unchecked block kernel: a list past the arena must raise.
+    from numba_ivf.kernels import fastscan as fsc
+    from numba_ivf.kernels import fastscan_search as fs
+    codes = np.random.default_rng(3).integers(0, 16, (40, 6), dtype=np.uint8)
+    packed = fsc.pack_codes(codes)
+    lut_u8 = np.zeros((6, 16), dtype=np.uint8)
+    ids = np.arange(64, dtype=np.int64)
+    rd = np.empty(20, np.float32)
+    ri = np.empty(20, np.int64)
+    rr = np.empty(20, np.int64)
+    acc = np.empty(32, np.uint16)
+    args = (lut_u8, 0.0, 1.0, np.float32(0), rd, ri, rr, 0, np.float32(np.inf), 10, acc,
+            fsc.BACKEND)
+    # Rows 8..39 (in range), every key 0: the top 10 are the 10 lowest ids (ties by id).
+    from numba_ivf.kernels.topk import res_finish
+    n, _ = fs.scan_list_blocks(packed, ids, 8, 32, *args)
+    out_d = np.empty(10, np.float32)
+    out_i = np.empty(10, np.int64)
+    out_r = np.empty(10, np.int64)
+    res_finish(rd, ri, rr, n, out_d, out_i, out_r, True)
+    np.testing.assert_array_equal(out_i, np.arange(8, 18))
+    assert not out_d.any()
+    with pytest.raises(IndexError, match="list rows out of the packed arena"):
+        fs.scan_list_blocks(packed, ids, 40, 30, *args)
+    with pytest.raises(ValueError, match="at least 32 entries"):
+        fs.scan_list_blocks(packed, ids, 0, 8, *args[:10], np.empty(8, np.uint16),
+                            fsc.BACKEND)
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), base=st.floats(-1e3, 1e3),
        bias=st.floats(-1e3, 1e3), log_scale=st.floats(-6, 6), where=st.floats(-0.1, 1.1))

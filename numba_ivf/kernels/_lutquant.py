@@ -28,6 +28,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._irutil import is_array as _is_arr
+from ._irutil import splat as _splat
+
 __all__ = ["quantize_rows", "quantize_rows1", "row_extrema"]
 
 _I32 = ir.IntType(32)
@@ -35,18 +38,6 @@ _I64 = ir.IntType(64)
 _F32 = ir.FloatType()
 _F64 = ir.DoubleType()
 _W = 8     # lanes per vector; a row of 16 columns is two vectors
-
-
-def _splat(builder, scalar, vt):
-    first = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar,
-                                   ir.Constant(_I32, 0))
-    return builder.shuffle_vector(first, ir.Constant(vt, ir.Undefined),
-                                  ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count))
-
-
-def _is_arr(a, dtype, ndim):
-    return (isinstance(a, types.Array) and a.dtype == dtype and a.ndim == ndim
-            and a.layout == "C")
 
 
 def _codegen(two):

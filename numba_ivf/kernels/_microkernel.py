@@ -29,15 +29,9 @@ from numba.extending import intrinsic
 from .._config import ASSIGN_MR as MR
 from .._config import ASSIGN_NR as NR
 from .._config import ASSIGN_VW as VW
+from ._irutil import splat as _splat
 
 NV = NR // VW  # vectors per accumulator row
-
-
-def _splat(builder, scalar, vt):
-    first = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar,
-                                   ir.Constant(ir.IntType(32), 0))
-    mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.count), [0] * vt.count)
-    return builder.shuffle_vector(first, ir.Constant(vt, ir.Undefined), mask)
 
 
 @intrinsic

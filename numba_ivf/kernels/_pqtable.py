@@ -24,26 +24,16 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._irutil import is_array
+from ._irutil import splat as _splat
+
 __all__ = ["table_rows"]
 
-_I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _F32 = ir.FloatType()
 _W = 8                   # lanes per accumulator
 _U = 2                   # accumulators per group of codes
 _CONTRACT = ("contract",)
-
-
-def _splat(builder, scalar, vt):
-    first = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar,
-                                   ir.Constant(_I32, 0))
-    return builder.shuffle_vector(first, ir.Constant(vt, ir.Undefined),
-                                  ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count))
-
-
-def _is_arr(a, ndim, layouts="C"):
-    return (isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == ndim
-            and a.layout in layouts)
 
 
 def _codegen(context, builder, sig, cargs):
@@ -79,9 +69,8 @@ def _codegen(context, builder, sig, cargs):
                     qt = _splat(builder, builder.load(qptr), vf)
                     base = builder.add(builder.add(crow, builder.mul(t, ksub)), c0)
                     for u in range(_U):
-                        cb = builder.load(vptr(ca, builder.add(base,
-                                                               ir.Constant(_I64, u * _W))),
-                                          align=4)
+                        off = builder.add(base, ir.Constant(_I64, u * _W))
+                        cb = builder.load(vptr(ca, off), align=4)
                         if is_l2:
                             d = builder.fsub(qt, cb, flags=_CONTRACT)
                             p = builder.fmul(d, d, flags=_CONTRACT)
@@ -108,7 +97,9 @@ def _codegen(context, builder, sig, cargs):
 @intrinsic
 def table_rows(typingctx, q, codebooks_t, l2, f, out):
     """The (m, ksub) table of one query into out (see the module docstring)."""
-    if not (_is_arr(q, 1, "CA") and _is_arr(codebooks_t, 3) and _is_arr(out, 2)
+    f32 = types.float32
+    if not (is_array(q, f32, 1, "CA") and is_array(codebooks_t, f32, 3)
+            and is_array(out, f32, 2)
             and isinstance(l2, types.Boolean) and isinstance(f, types.Float)):
         return None
     return types.void(q, codebooks_t, l2, f, out), _codegen
