@@ -33,6 +33,8 @@ builds one, which keeps compressed indexes at their codes' size).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import njit, prange
 
@@ -42,7 +44,10 @@ from ..kernels.idmap import (_EMPTY, _TOMB, _map_find, _map_from_lists, _map_ins
 
 __all__ = ["InvertedLists"]
 
-@njit(cache=True)
+# Guards the lazy build of an id map (see InvertedLists.map_arrays); builds are rare.
+_MAP_LOCK = threading.Lock()
+
+@njit(nogil=True, cache=True)
 def _remove_many(keys, vlist, voff, shift, ids, starts, sizes, remove, move_dst,
                  move_src):
     """Swap-with-last removal of every present id in ``remove``.
@@ -77,13 +82,13 @@ def _remove_many(keys, vlist, voff, shift, ids, starts, sizes, remove, move_dst,
 
 # -- row movement kernels ------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _apply_moves(arr, move_dst, move_src, n_moves):
     for m in range(n_moves):
         arr[move_dst[m]] = arr[move_src[m]]
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _copy_runs(src, dst, src_starts, dst_starts, lengths):
     """dst[dst_starts[r] : +lengths[r]] = src[src_starts[r] : +lengths[r]] for every run.
 
@@ -96,13 +101,13 @@ def _copy_runs(src, dst, src_starts, dst_starts, lengths):
             dst[b + o] = src[a + o]
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _scatter_rows(dst, slots, rows):
     for j in prange(slots.shape[0]):
         dst[slots[j]] = rows[j]
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _append_slots(labels, starts, sizes, slots, offs):
     """Slot of each new row: appended to its list in input order (sizes is advanced)."""
     for j in range(labels.shape[0]):
@@ -113,14 +118,14 @@ def _append_slots(labels, starts, sizes, slots, offs):
         sizes[lst] = off + 1
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _lane_byte(r):
     """Byte of row r's vector inside its block (fastscan layout: 0..15 even, 16..31 odd)."""
     k = r & 31
     return 2 * k if k < 16 else 2 * (k - 16) + 1
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _scatter_nibbles(packed, slots, codes):
     """Pack code row j into the lane of arena row slots[j] (whole bytes: both nibbles
     of a byte belong to the same vector, so rows never share a byte)."""
@@ -135,7 +140,7 @@ def _scatter_nibbles(packed, slots, codes):
             packed[b, t, p] = np.uint8(lo | (hi << 4))
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _copy_nibble_runs(src, dst, src_starts, dst_starts, lengths):
     """Nibble payload: copy runs of rows vector by vector (each row's m2 bytes from its
     lane to the target's lane). Target runs must not overlap; two runs may share a block
@@ -152,7 +157,7 @@ def _copy_nibble_runs(src, dst, src_starts, dst_starts, lengths):
                 dst[bd, t, pd] = src[bs, t, ps]
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _apply_nibble_moves(packed, move_dst, move_src, n_moves):
     for mv in range(n_moves):
         bd = move_dst[mv] >> 5
@@ -400,16 +405,18 @@ class InvertedLists:
     def map_arrays(self):
         """The id map as (keys, vlist, voff, shift) for kernels that look ids up
         themselves (``kernels.idmap.map_row``); built first if absent."""
-        self._map_ready()
-        return self._keys, self._vlist, self._voff, self._shift
+        # Concurrent searches may both find the map absent: one builds it, and none
+        # reads the four arrays while another thread replaces them.
+        with _MAP_LOCK:
+            self._map_ready()
+            return self._keys, self._vlist, self._voff, self._shift
 
     def lookup(self, ids: np.ndarray):
         """(list, offset) of each id, -1 for absent ids. ``ids`` int64 (n,)."""
-        self._map_ready()
+        keys, vlist, voff, shift = self.map_arrays()
         out_list = np.empty(ids.shape[0], dtype=np.int64)
         out_off = np.empty(ids.shape[0], dtype=np.int64)
-        _map_lookup_many(self._keys, self._vlist, self._voff, self._shift, ids,
-                         out_list, out_off)
+        _map_lookup_many(keys, vlist, voff, shift, ids, out_list, out_off)
         return out_list, out_off
 
     def contains(self, ids: np.ndarray) -> np.ndarray:

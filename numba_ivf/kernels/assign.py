@@ -73,7 +73,7 @@ def tile_rows(n: int, d: int, n_threads: int) -> int:
 
 
 # --------------------------------------------------------------------------- workers
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _scores_to_sqdist(x, i, scores):
     """In place: L2 scores s = x.c - ||c||^2/2 of row i become ||x - c||^2 = ||x||^2 - 2s."""
     acc = np.float32(0.0)
@@ -83,7 +83,7 @@ def _scores_to_sqdist(x, i, scores):
         scores[q] = max(acc - np.float32(2.0) * scores[q], np.float32(0.0))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _tile_argmax(x, s0, s1, panels, bias, block, rowmax, best, labels):
     """Best (score, index) for rows s0..s1 over every centroid panel."""
     for i in range(s0, s1):
@@ -103,7 +103,7 @@ def _tile_argmax(x, s0, s1, panels, bias, block, rowmax, best, labels):
                     labels[i] = p * ASSIGN_NR + c
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _tile_topk(x, s0, s1, panels, bias, block, rowmax, top_s, top_i):
     """Sorted top-p (score desc, index asc) for rows s0..s1; p = top_s.shape[1]."""
     p_top = top_s.shape[1]
@@ -133,7 +133,7 @@ def _tile_topk(x, s0, s1, panels, bias, block, rowmax, top_s, top_i):
                         worst = top_s[i, p_top - 1]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _count_ge(s, t):
     c = 0
     for j in range(s.shape[0]):
@@ -141,7 +141,7 @@ def _count_ge(s, t):
     return c
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _row_topk(s, out_s, out_i, cs, ci):
     """Sorted top-p (score desc, index asc) of one row of scores ``s``; p = len(out_s).
 
@@ -201,7 +201,7 @@ def _row_topk(s, out_s, out_i, cs, ci):
         out_i[j] = -1
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _tile_topk_scores(x, s0, s1, panels, bias, block, rowmax, top_s, top_i, S, cs, ci):
     """``_tile_topk`` for larger p: the tile's (rows, k) scores are written to ``S``
     (sized to stay in L2) and each row is cut to its top p at once (``_row_topk``)."""
@@ -218,7 +218,7 @@ def _tile_topk_scores(x, s0, s1, panels, bias, block, rowmax, top_s, top_i, S, c
 
 
 # --------------------------------------------------------------------------- drivers
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 def tiled_argmax(x, panels, bias, l2, tile):
     """Labels (int64) and winning distance (L2: squared distance; ip: score) per row."""
     n = x.shape[0]
@@ -237,7 +237,7 @@ def tiled_argmax(x, panels, bias, l2, tile):
     return labels, best
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 def tiled_topk(x, panels, bias, l2, tile, p_top, score_block):
     """Top-p centroids per row, best first: (distances float32, indices int64).
     ``score_block`` picks the worker (``_tile_topk_scores`` or ``_tile_topk``); both
@@ -266,7 +266,7 @@ def tiled_topk(x, panels, bias, l2, tile, p_top, score_block):
     return top_s, top_i
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def scalar_argmin_oracle(x, centroids, l2):
     """The oracle: exact float64 squared distance (L2) or score (ip), plain loops.
 

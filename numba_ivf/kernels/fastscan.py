@@ -211,7 +211,7 @@ def get_backend(backend=None) -> Backend:
 # Block kernels: one dispatcher per backend (own cache file each)
 # ---------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _block_portable(packed, b, lut_u8, out, t):
     """Plain-loop block kernel: sums modulo 2**16, mask of lanes with sum <= t."""
     m2 = packed.shape[1]
@@ -229,17 +229,17 @@ def _block_portable(packed, b, lut_u8, out, t):
     return mask
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _block_avx2(packed, b, lut_u8, out, t):
     return _simd.block_avx2(packed, b, lut_u8, out, t)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _block_avx512(packed, b, lut_u8, out, t):
     return _simd.block_avx512(packed, b, lut_u8, out, t)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _block_neon(packed, b, lut_u8, out, t):
     return _simd.block_neon(packed, b, lut_u8, out, t)
 
@@ -292,7 +292,7 @@ def _ol_backend_id(backend):
     return impl
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _check_block_operands(packed, lut_u8, out_len, out_stride):
     """Raise unless the operands have the shapes and strides the SIMD IR relies on."""
     if packed.shape[2] != 32 or packed.strides[2] != 1 or packed.strides[1] != 32:
@@ -310,14 +310,14 @@ def _check_block_operands(packed, lut_u8, out_len, out_stride):
 # Public accumulate primitives (njit-callable)
 # ---------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def check_block_operands(packed, lut_u8, out_u16_32):
     """Raise unless ``block_sums_below`` may run on these operands (the checks that
     :func:`accumulate_block_below` repeats on every call)."""
     _check_block_operands(packed, lut_u8, out_u16_32.shape[0], out_u16_32.strides[0])
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def block_sums_below(packed, b, lut_u8, out_u16_32, t, backend=BACKEND):
     """:func:`accumulate_block_below` without its checks, for a scan's inner loop: the
     caller has passed the operands to :func:`check_block_operands`, keeps
@@ -328,7 +328,7 @@ def block_sums_below(packed, b, lut_u8, out_u16_32, t, backend=BACKEND):
     return _block_sums(packed, b, lut_u8, out_u16_32, t, backend)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def accumulate_block(packed, b, lut_u8, out_u16_32, backend=BACKEND):
     """Write the 32 uint16 LUT sums of block ``b`` into ``out_u16_32[0:32]``.
 
@@ -363,7 +363,7 @@ def accumulate_block(packed, b, lut_u8, out_u16_32, backend=BACKEND):
     _block_sums(packed, b, lut_u8, out_u16_32, np.uint16(0), backend)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def accumulate_block_below(packed, b, lut_u8, threshold, out_u16_32, backend=BACKEND):
     """Like :func:`accumulate_block`, and return the mask of lanes with sum < threshold.
 
@@ -389,7 +389,7 @@ def accumulate_block_below(packed, b, lut_u8, threshold, out_u16_32, backend=BAC
 # Drivers (prange) and their Python wrappers
 # ---------------------------------------------------------------------------------
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _accumulate_list_driver(packed, lut_u8, out, backend):
     nb = packed.shape[0]
     ch = FASTSCAN_LIST_CHUNK_BLOCKS
@@ -402,7 +402,7 @@ def _accumulate_list_driver(packed, lut_u8, out, backend):
     return _backend_id(backend)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _accumulate_batch_driver(packed, luts_u8, out, backend):
     nb = packed.shape[0]
     for q in prange(luts_u8.shape[0]):        # each query owns its row of out
@@ -488,7 +488,7 @@ def packed_shape(n: int, M: int) -> tuple[int, int, int]:
     return ((n + 31) // 32, (M + 1) // 2, 32)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _pack_rows(codes, packed, offset):
     n, m = codes.shape
     m2 = (m + 1) // 2
@@ -503,7 +503,7 @@ def _pack_rows(codes, packed, offset):
             packed[b, j, p] = np.uint8(lo | (hi << 4))
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def pack_codes_into(codes, packed, offset):
     """Pack ``codes`` (n, M) into ``packed`` as vectors ``offset .. offset+n-1``.
 
@@ -566,7 +566,7 @@ def pack_codes(codes) -> np.ndarray:
     return packed
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _unpack_rows(packed, n, m, out):
     for v in range(n):
         b = v >> 5
@@ -597,7 +597,7 @@ def unpack_codes(packed, n: int, M: int) -> np.ndarray:
 # LUT quantization
 # ---------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def quantize_lut_into(lut, out_u8):
     """Quantize a float table to uint8 in place; njit-callable. Returns ``(bias, scale)``.
 
@@ -678,7 +678,7 @@ def _ol_quantize_entries(lut, lows, scale, out_u8):
     return impl_loop
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, parallel=True, cache=True)
 def _quantize_luts_driver(luts, out_u8, bias, scale):
     for q in prange(luts.shape[0]):          # each query owns its table and scalars
         b, s = quantize_lut_into(luts[q], out_u8[q])
@@ -752,7 +752,7 @@ def quantize_luts(luts):
     return out, bias, scale
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def lut_threshold(dist_threshold, bias, scale, M):
     """uint16-domain threshold for :func:`accumulate_block_below` from a float one.
 

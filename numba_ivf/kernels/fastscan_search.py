@@ -56,13 +56,13 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _ROUND_SLACK = 0.50005
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def dequantize(base, bias, scale, s):
     """The float32 key of a uint16 LUT sum ``s`` (one formula for kernels and oracle)."""
     return np.float32(np.float64(base) + (bias + np.float64(s) / scale))
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def key_threshold(thr, base, bias, scale):
     """The uint16-domain admission bound of a list: the int64 t with
     ``dequantize(base, bias, scale, s) <= thr  <=>  s < t`` for every s in [0, 65535].
@@ -89,7 +89,7 @@ def key_threshold(thr, base, bias, scale):
     return s + 1
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, rr, nres,
                      thr, k, acc, backend):
     """Offer the ``n`` vectors of the list starting at row ``start`` to the reservoir
@@ -162,13 +162,13 @@ def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, r
 # row extrema pass may vectorise freely.
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _pair_minmax(qlut, term_l, lo, hi):
     """lo[j], hi[j] = min, max over c of the float32 sum qlut[j, c] + term_l[j, c]."""
     row_extrema(qlut, term_l, lo, hi)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _span_stats(lo, hi):
     """(max_j r_j, sum_j r_j) with r_j = float64(hi[j]) - float64(lo[j]), in order."""
     rmax = 0.0
@@ -180,7 +180,7 @@ def _span_stats(lo, hi):
     return rmax, rsum
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def shared_scale(rmax, rsum, m):
     """The quantization scale shared by a query's lists (1 when every row is constant).
 
@@ -199,7 +199,7 @@ def shared_scale(rmax, rsum, m):
     return 1.0
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _quantize_pair(qlut, term_l, lo, scale, out_u8):
     """out_u8[j, c] = floor(((qlut + term_l)[j, c] - lo[j]) * scale + 0.5) in float32.
     Padding rows stay as set. Vectorised in LLVM IR (``_lutquant``): Numba's loop kept
@@ -208,7 +208,7 @@ def _quantize_pair(qlut, term_l, lo, scale, out_u8):
     quantize_rows(qlut, term_l, lo, scale, out_u8)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _pair_bias(lo):
     """The list's bias sum_j lo[j] (float64, in order)."""
     bias = 0.0
@@ -217,7 +217,7 @@ def _pair_bias(lo):
     return bias
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def query_scale(qlut, term, probes_q, sizes, lo, hi):
     """Pass 1 for one query: row minima of every probed list into lo[p] and the shared
     scale. Skipped probes (-1 or empty list) do not count."""
@@ -240,7 +240,7 @@ def query_scale(qlut, term, probes_q, sizes, lo, hi):
     return shared_scale(rmax, rsum, qlut.shape[0])
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_term, lo,
                hi, lut_u8, acc, rd, ri, rr, hd, hi_, hr, ordered, backend):
     """All probed lists of one query into its top-k (hd, hi_, and the arena rows hr,
@@ -286,7 +286,7 @@ def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_ter
     res_finish(rd, ri, rr, nres, hd, hi_, hr, ordered)
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def fastscan_batch(packed, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
                    use_term, out_d, out_i, out_r, ordered, backend):
     """Top-k keys of every query over its probed lists; prange over queries.
@@ -320,7 +320,7 @@ def fastscan_batch(packed, ids, starts, sizes, probes, base, q, codebooks_t, kin
                    out_r[qi], ordered, backend)
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def fastscan_single(packed, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
                     use_term, out_d, out_i, out_r, ordered, backend):
     """``fastscan_batch`` for few queries: each query prange's over its probed lists.
@@ -379,7 +379,7 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, q, codebooks_t, ki
         res_finish(md, mi, mr, n, out_d[qi], out_i[qi], out_r[qi], ordered)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def fastscan_serial(packed, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
                     use_term, out_d, out_i, out_r, ordered, backend):
     """``fastscan_batch`` on the calling thread (few queries over short lists)."""

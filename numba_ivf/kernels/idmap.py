@@ -18,12 +18,12 @@ _TOMB = -2
 _HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _slot0(key, shift):
     return np.int64((np.uint64(key) * _HASH_MUL) >> np.uint64(shift))
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _map_find(keys, shift, key):
     """Position of ``key`` in the table, or -1."""
     mask = keys.shape[0] - 1
@@ -37,7 +37,7 @@ def _map_find(keys, shift, key):
         pos = (pos + 1) & mask
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _map_insert_many(keys, vlist, voff, shift, new_keys, lists, offs):
     """Insert keys known to be absent; returns how many tombstones were reused."""
     mask = keys.shape[0] - 1
@@ -54,7 +54,7 @@ def _map_insert_many(keys, vlist, voff, shift, new_keys, lists, offs):
     return reused
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _map_lookup_many(keys, vlist, voff, shift, query, out_list, out_off):
     for j in range(query.shape[0]):
         pos = _map_find(keys, shift, query[j])
@@ -66,7 +66,7 @@ def _map_lookup_many(keys, vlist, voff, shift, query, out_list, out_off):
             out_off[j] = voff[pos]
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _map_from_lists(keys, vlist, voff, shift, ids, starts, sizes):
     mask = keys.shape[0] - 1
     for lst in range(starts.shape[0]):
@@ -81,7 +81,7 @@ def _map_from_lists(keys, vlist, voff, shift, ids, starts, sizes):
             voff[pos] = o
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def map_row(keys, vlist, voff, shift, starts, key):
     """Arena row of id ``key`` (``starts[list] + offset``), or -1 if absent."""
     pos = _map_find(keys, shift, key)

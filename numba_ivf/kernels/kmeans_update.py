@@ -14,7 +14,7 @@ from numba import njit, prange
 from .._config import FASTMATH
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _chunk_sums(x, labels, s0, s1, sums, counts):
     d = x.shape[1]
     for i in range(s0, s1):
@@ -24,7 +24,7 @@ def _chunk_sums(x, labels, s0, s1, sums, counts):
             sums[c, j] += x[i, j]
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 def centroid_sums(x, labels, k, n_chunks):
     """Per-centroid float64 sums (k, d) and int64 counts (k,) of the rows of x."""
     n, d = x.shape
@@ -46,7 +46,7 @@ def centroid_sums(x, labels, k, n_chunks):
     return sums, counts
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 def update_min_sqdist(x, center, min_d2, n_chunks):
     """min_d2[i] = min(min_d2[i], ||x_i - center||^2); returns the new total (float64)."""
     n, d = x.shape
@@ -70,7 +70,7 @@ def update_min_sqdist(x, center, min_d2, n_chunks):
     return total
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 def own_sqdist(x, centroids, labels):
     """Squared distance (float64 accumulation) of each row to its own centroid."""
     n, d = x.shape

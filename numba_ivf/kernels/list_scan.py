@@ -44,7 +44,7 @@ METRIC_L2 = 0
 METRIC_IP = 1
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _scan_rows(q, data, ids, lo, hi, metric, hd, hi_):
     """Offer rows [lo, hi) of the arena to the heap (hd, hi_). The serial worker.
 
@@ -68,7 +68,7 @@ def _scan_rows(q, data, ids, lo, hi, metric, hd, hi_):
 
 # -- batch: parallel over queries -------------------------------------------------------
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _scan_query(q, data, ids, starts, sizes, lists, metric, hd, hi_):
     """Sorted top-k of one query over its probed ``lists`` (-1 = skip) into (hd, hi_)."""
     heap_init(hd, hi_)
@@ -81,7 +81,7 @@ def _scan_query(q, data, ids, starts, sizes, lists, metric, hd, hi_):
     heap_sort(hd, hi_)
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def scan_batch(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
     """Top-k of each query over its probed lists; prange over queries.
 
@@ -93,7 +93,7 @@ def scan_batch(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
                     out_i[qi])
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def scan_serial(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
     """``scan_batch`` on the calling thread only: for work too small to pay for a
     parallel launch (one query over a few short lists)."""
@@ -104,7 +104,7 @@ def scan_serial(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
 
 # -- single query: parallel over runs of its probed rows --------------------------------
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _scan_run(q, data, ids, starts, lists, cum, lo, hi, metric, hd, hi_):
     """Top-k of rows [lo, hi) of the concatenation of the probed ``lists`` (in probe
     order; cum[p] rows precede probe p) into a fresh heap (hd, hi_). Serial worker of
@@ -124,7 +124,7 @@ def _scan_run(q, data, ids, starts, lists, cum, lo, hi, metric, hd, hi_):
         p += 1
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def scan_single(q, data, ids, starts, sizes, probes, metric, n_runs, out_d, out_i):
     """Like ``scan_batch`` but each query is split over ``n_runs`` parallel runs.
 
@@ -151,7 +151,7 @@ def scan_single(q, data, ids, starts, sizes, probes, metric, n_runs, out_d, out_
 
 # -- list-major: each list read once per group of queries ------------------------------
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _scan_group(q, data, ids, starts, sizes, probes, q0, q1, metric, out_d, out_i):
     """Top-k of queries q0..q1 into their rows of (out_d, out_i), list by list.
 
@@ -188,7 +188,7 @@ def _scan_group(q, data, ids, starts, sizes, probes, q0, q1, metric, out_d, out_
         heap_sort(out_d[qi], out_i[qi])
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def scan_list_major(q, data, ids, starts, sizes, probes, n_groups, metric, out_d, out_i):
     """``scan_batch``'s results, list-major: prange over ``n_groups`` equal groups of
     consecutive queries; within a group every probed list is read once (see
@@ -202,7 +202,7 @@ def scan_list_major(q, data, ids, starts, sizes, probes, n_groups, metric, out_d
 
 # -- cosine normalisation: one definition for every path -----------------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _unit_row(src, dst):
     """dst = src / ||src|| (float64 sum and division, then float32; zero rows stay zero).
 
@@ -220,7 +220,7 @@ def _unit_row(src, dst):
         dst[t] = np.float32(np.float64(src[t]) / norm)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def normalize_rows_into(x, out):
     """out[i] = x[i] / ||x[i]|| in float32 (see ``_unit_row``); x (n, d) float32/64."""
     for i in range(x.shape[0]):
@@ -229,7 +229,7 @@ def normalize_rows_into(x, out):
 
 # -- coarse step for a few queries: a GEMV over the centroid panels ------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def _coarse_scores(qf, panels, metric, out, p0):
     """out[j] for the centroids of panels p0, p0 + 1, ... (len(out), a multiple of the
     panel width, columns; the padding columns of the last panel get keys of zero
@@ -247,7 +247,7 @@ def _coarse_scores(qf, panels, metric, out, p0):
         panelkeys_ip(qf, panels, p0, out)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _select_lists(scores, nlist, pd, pl):
     """The len(pd) smallest of scores[:nlist], best first (ties to the lower list),
     into (pd, pl)."""
@@ -258,7 +258,7 @@ def _select_lists(scores, nlist, pd, pl):
     heap_sort(pd, pl)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _coarse_one(qf, panels, nlist, metric, scores, pd, pl):
     """The len(pd) best of the nlist lists of one float32 query, best first, into
     (pd, pl); scores is scratch of panels.shape[0] * panels.shape[2]."""
@@ -266,7 +266,7 @@ def _coarse_one(qf, panels, nlist, metric, scores, pd, pl):
     _select_lists(scores, nlist, pd, pl)
 
 
-@njit(cache=True, parallel=True)
+@njit(nogil=True, cache=True, parallel=True)
 def _coarse_split(qf, panels, metric, scores, n_runs):
     """``_coarse_scores`` of every panel into scores, prange over n_runs ranges of
     panels. A private buffer per run: runs writing neighbouring parts of ``scores``
@@ -280,7 +280,7 @@ def _coarse_split(qf, panels, metric, scores, n_runs):
         scores[p0 * nr:p0 * nr + part.shape[0]] = part
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def coarse_one_query(qf, panels, nlist, metric, min_run, max_runs, scores, pd, pl):
     """``_coarse_one`` for a one-query kernel: split over threads (``_coarse_split``)
     when every run gets at least ``min_run`` centroids of 64 features (at most
@@ -294,7 +294,7 @@ def coarse_one_query(qf, panels, nlist, metric, min_run, max_runs, scores, pd, p
     _select_lists(scores, nlist, pd, pl)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def coarse_few(q, panels, nlist, metric, out_d, out_i):
     """``_coarse_one`` for each row of q (nq, d) float32 (a few queries, serial)."""
     scores = np.empty(panels.shape[0] * panels.shape[2], dtype=np.float32)
@@ -304,7 +304,7 @@ def coarse_few(q, panels, nlist, metric, out_d, out_i):
 
 # -- one query, one call ------------------------------------------------------------
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def query_into(q, unit, qf):
     """qf = float32(q), normalised if ``unit`` (cosine), as the batch path prepares a
     query (float32 first, then ``_unit_row``); False, qf untouched, if q holds NaN or
@@ -320,7 +320,7 @@ def query_into(q, unit, qf):
     return True
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def search_one(q, panels, data, ids, starts, sizes, metric, unit, nprobe, min_run,
                max_runs, out_d, out_i):
     """Search one query end to end; returns False, writing nothing, if q is not finite.

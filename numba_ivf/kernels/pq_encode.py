@@ -13,7 +13,7 @@ from .._config import FASTMATH
 from ._pqtable import table_rows
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 def pq_decode(codes, codebooks):
     """Reconstruction (n, m*dsub) float32: row i = concat_j codebooks[j, codes[i, j]]."""
     n, m = codes.shape
@@ -27,7 +27,7 @@ def pq_decode(codes, codebooks):
     return out
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _tables_one(q, codebooks_t, l2, out):
     """out[j, c]: squared distance (l2) or inner product of the query's sub-vector j
     and centroid c; codebooks_t is (m, dsub, ksub), so the inner loop runs over the
@@ -47,7 +47,7 @@ def _tables_one(q, codebooks_t, l2, out):
                     out[j, c] += qt * codebooks_t[j, t, c]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _table(q, codebooks_t, l2, f, out):
     """out = the squared distances (l2) or f times the inner products of one query:
     ``_pqtable.table_rows`` (each group of 16 codes' sums kept in registers) when ksub
@@ -62,7 +62,7 @@ def _table(q, codebooks_t, l2, f, out):
                 out[j, c] *= f
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 def pq_distance_tables(q, codebooks_t, l2):
     """Per query, sub-space and code: squared distance (l2) or inner product.
 
@@ -87,7 +87,7 @@ TABLE_M2IP = 1
 TABLE_NIP = 2
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def query_table(q, codebooks_t, kind, out):
     """The search table (m, ksub) of one float32 query into ``out`` (C-contiguous).
     Every scan builds its tables here, so they have the same bits on every path."""
@@ -95,7 +95,7 @@ def query_table(q, codebooks_t, kind, out):
     _table(q, codebooks_t, kind == TABLE_L2, f, out)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 def query_tables(q, codebooks_t, kind, out):
     """``query_table`` of every row of q into out (nq, m, ksub) float32; prange over
     queries. The caller allocates ``out`` with numpy: allocated here (7 MB per 1000
@@ -106,14 +106,14 @@ def query_tables(q, codebooks_t, kind, out):
         query_table(q[i], codebooks_t, kind, out[i])
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def query_tables_serial(q, codebooks_t, kind, out):
     """``query_tables`` on the calling thread (a few queries)."""
     for i in range(q.shape[0]):
         query_table(q[i], codebooks_t, kind, out[i])
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(nogil=True, cache=True, parallel=True, fastmath=FASTMATH)
 def residuals(x, centroids, labels):
     """x[i] - centroids[labels[i]], float32 (n, d)."""
     n, d = x.shape

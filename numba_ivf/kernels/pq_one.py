@@ -46,7 +46,7 @@ TOO_BIG = 2
 _FM = set(FASTMATH)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _prologue(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by_residual,
               sizes, max_rows, codebooks_t, kind):
     """Steps 1-3: (status, qf, base, lists, qlut), the prepared row, the probed lists'
@@ -72,7 +72,7 @@ def _prologue(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by_resi
     return DONE, qf, base, lists, qlut
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _epilogue(qf, refine, data, cand_d, cand_i, cand_r, mkeys, mvlist, mvoff, mshift,
               starts, l2, out_d, out_i):
     """Step 5: exact re-ranking of the candidates (or the candidates themselves) into
@@ -89,7 +89,7 @@ def _epilogue(qf, refine, data, cand_d, cand_i, cand_r, mkeys, mvlist, mvoff, ms
     to_faiss(out_d[0], out_i[0], l2)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def adc_search_one(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by_residual,
                    max_rows, codes, ids, starts, sizes, codebooks_t, kind, term, use_term,
                    kk, refine, data, mkeys, mvlist, mvoff, mshift, l2, out_d, out_i):
@@ -110,7 +110,7 @@ def adc_search_one(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by
     return DONE
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def fastscan_search_one(q, unit, panels, coarse_metric, min_run, max_runs, nprobe,
                         by_residual, max_rows, packed, ids, starts, sizes, codebooks_t,
                         kind, term, use_term, kk, refine, data, mkeys, mvlist, mvoff,

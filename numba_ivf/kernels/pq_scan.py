@@ -45,12 +45,12 @@ _FM = set(FASTMATH)
 _SUM_FM = {"contract"}
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _entry(lut, term_l, two, j, c):
     return lut[j, c] + term_l[j, c] if two else lut[j, c]
 
 
-@njit(cache=True, fastmath=_SUM_FM)
+@njit(nogil=True, cache=True, fastmath=_SUM_FM)
 def _adc_rows(codes, ids, lo, hi, lut, term_l, two, base, hd, hi_):
     """Offer rows [lo, hi) to the heap with key base + sum_j t[j, code_j] (in j order),
     t = lut + term_l if ``two`` (the sum taken per code: short lists) else lut.
@@ -87,7 +87,7 @@ def _adc_rows(codes, ids, lo, hi, lut, term_l, two, base, hd, hi_):
         r += 1
 
 
-@njit(cache=True, fastmath=_SUM_FM)
+@njit(nogil=True, cache=True, fastmath=_SUM_FM)
 def scan_pair(codes, ids, starts, sizes, lst, qlut, term, use_term, base, scratch,
               hd, hi_):
     """Scan list ``lst`` for one query (its table ``qlut`` (m, ksub)). The serial worker.
@@ -110,7 +110,7 @@ def scan_pair(codes, ids, starts, sizes, lst, qlut, term, use_term, base, scratc
         _adc_rows(codes, ids, s, s + n, scratch, scratch, False, base, hd, hi_)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def scan_query(codes, ids, starts, sizes, probes_q, base_q, qlut, term, use_term,
                scratch, hd, hi_):
     """All probed lists of one query into its heap (hd, hi_), sorted at the end."""
@@ -123,7 +123,7 @@ def scan_query(codes, ids, starts, sizes, probes_q, base_q, qlut, term, use_term
     heap_sort(hd, hi_)
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def adc_scan_batch(codes, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
                    use_term, out_d, out_i):
     """Top-k keys of every query over its probed lists; prange over queries.
@@ -143,7 +143,7 @@ def adc_scan_batch(codes, ids, starts, sizes, probes, base, q, codebooks_t, kind
                    scratch, out_d[qi], out_i[qi])
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def adc_scan_single(codes, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
                     use_term, out_d, out_i):
     """``adc_scan_batch`` for few queries: each query prange's over its probed lists.
@@ -168,7 +168,7 @@ def adc_scan_single(codes, ids, starts, sizes, probes, base, q, codebooks_t, kin
         merge_one(part_d, part_i, out_d[qi], out_i[qi])
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def adc_scan_serial(codes, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
                     use_term, out_d, out_i):
     """``adc_scan_batch`` on the calling thread: one query over a few short lists does

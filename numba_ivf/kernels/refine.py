@@ -29,7 +29,7 @@ __all__ = ["refine", "refine_batch", "refine_rows", "refine_serial", "rows_of_id
 _FM = set(FASTMATH)
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def rows_of_ids(cand, keys, vlist, voff, shift, starts, rows):
     """rows[c] = arena row of id cand[c] (-1 for ID_SENTINEL or an absent id).
 
@@ -43,7 +43,7 @@ def rows_of_ids(cand, keys, vlist, voff, shift, starts, rows):
                                                         id_)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def refine_rows(q, data, rows, cand, l2, hd, hi_):
     """Sorted exact top-k (k = len(hd)) of one query among candidates with ids ``cand``
     stored at arena ``rows`` (-1 = none) into (hd, hi_): squared L2 keys, or negated
@@ -66,7 +66,7 @@ def refine_rows(q, data, rows, cand, l2, hd, hi_):
     heap_sort(hd, hi_)
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def refine_batch(q, data, cand_ids, cand_rows, keys, vlist, voff, shift, starts, l2,
                  out_d, out_i):
     """Exact top-k of every query among its candidates; prange over queries. Rows are
@@ -83,7 +83,7 @@ def refine_batch(q, data, cand_ids, cand_rows, keys, vlist, voff, shift, starts,
                         out_i[qi])
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def refine_serial(q, data, cand_ids, cand_rows, keys, vlist, voff, shift, starts, l2,
                   out_d, out_i):
     """``refine_batch`` on the calling thread: for one or two queries, waking the

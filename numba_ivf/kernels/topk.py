@@ -42,13 +42,13 @@ __all__ = ["ID_SENTINEL", "heap_init", "heap_push", "heap_sort", "merge_topk",
 ID_SENTINEL = np.iinfo(np.int64).max
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _worse(d1, i1, d2, i2):
     """True if (d1, i1) ranks after (d2, i2): larger key, or equal key and larger id."""
     return d1 > d2 or (d1 == d2 and i1 > i2)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def heap_init(hd, hi):
     """Fill a heap with sentinels (+inf, ID_SENTINEL)."""
     for j in range(hd.shape[0]):
@@ -56,7 +56,7 @@ def heap_init(hd, hi):
         hi[j] = ID_SENTINEL
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@njit(nogil=True, cache=True, fastmath=_FM, inline="always")
 def heap_push(hd, hi, d, i):
     """Offer (d, i) to the max-heap (hd, hi); keep it if it beats the current worst.
 
@@ -71,7 +71,7 @@ def heap_push(hd, hi, d, i):
     _sift_down(hd, hi, 0, hd.shape[0])
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@njit(nogil=True, cache=True, fastmath=_FM, inline="always")
 def _sift_down(hd, hi, pos, n):
     """Move (hd[pos], hi[pos]) down the first n entries until both children rank
     before it."""
@@ -94,7 +94,7 @@ def _sift_down(hd, hi, pos, n):
     hi[pos] = i
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def heap_sort(hd, hi):
     """Sort a max-heap in place into ascending (key, id) order (best first)."""
     n = hd.shape[0]
@@ -108,7 +108,7 @@ def heap_sort(hd, hi):
         _sift_down(hd, hi, 0, end)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def merge_one(part_d, part_i, out_d, out_i):
     """Merge m partial top-ks (rows of ``part_d``/``part_i``) into one sorted top-k.
 
@@ -123,7 +123,7 @@ def merge_one(part_d, part_i, out_d, out_i):
     heap_sort(out_d, out_i)
 
 
-@njit(cache=True, parallel=True, fastmath=_FM)
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def _merge_topk_driver(part_d, part_i, out_d, out_i):
     for q in prange(part_d.shape[0]):
         merge_one(part_d[q], part_i[q], out_d[q], out_i[q])
@@ -159,7 +159,7 @@ def merge_topk(part_d: np.ndarray, part_i: np.ndarray, k: int):
     return out_d, out_i
 
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def to_faiss(hd, hi, l2):
     """In place: sorted minimised keys and ids -> FAISS's convention (``-1`` ids with
     +inf (L2) / -inf distances where missing; inner products negated back)."""
@@ -175,13 +175,13 @@ def to_faiss(hd, hi, l2):
 # Each entry is (key, id, row): ordered by (key, id) like the heap; ``row`` rides along
 # (the arena row of the candidate, so that re-ranking needs no id lookup).
 
-@njit(cache=True)
+@njit(nogil=True, cache=True)
 def res_capacity(k):
     """Slots of a reservoir for a top-k: RESERVOIR_FACTOR * k (at least k + 1)."""
     return max(RESERVOIR_FACTOR * k, k + 1)
 
 
-@njit(cache=True, inline="always")
+@njit(nogil=True, cache=True, inline="always")
 def _swap3(rd, ri, rr, a, b):
     d = rd[a]
     i = ri[a]
@@ -194,7 +194,7 @@ def _swap3(rd, ri, rr, a, b):
     rr[b] = r
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _select_best(rd, ri, rr, n, k):
     """Reorder the first n entries so that the k best (key, id) come first and entry
     k-1 is the k-th best (Lomuto quickselect; ids are unique, so no ties)."""
@@ -237,7 +237,7 @@ def _select_best(rd, ri, rr, n, k):
             hi = store - 1
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _count_le(rd, n, t):
     """How many of rd[:n] are <= t (a compare-and-add loop that vectorises)."""
     c = 0
@@ -246,7 +246,7 @@ def _count_le(rd, n, t):
     return c
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _cut(rd, n, lo_count, hi_count):
     """A key t with lo_count <= #{j < n: rd[j] <= t} <= hi_count, or NaN if none was
     found: bisection on the key values between the smallest and the largest key.
@@ -283,7 +283,7 @@ def _cut(rd, n, lo_count, hi_count):
     return np.float32(np.nan)
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def _keep_le(rd, ri, rr, n, t):
     """Keep the entries with key <= t (in order, branch-free); returns (count, the
     largest kept key)."""
@@ -300,7 +300,7 @@ def _keep_le(rd, ri, rr, n, t):
     return w, top
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def res_cut(rd, ri, rr, n, k, most):
     """Cut the n entries of a reservoir back to between k and ``most`` entries that
     include its k best; returns (entries, new admission key). FAISS keeps up to
@@ -319,7 +319,7 @@ def res_cut(rd, ri, rr, n, k, most):
     return k, rd[k - 1]
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@njit(nogil=True, cache=True, fastmath=_FM, inline="always")
 def res_push(rd, ri, rr, n, thr, k, d, i, r):
     """Append (d, i, r), which the caller admitted with ``d <= thr``, to the reservoir
     (rd, ri, rr) holding n entries; returns the new (n, thr). A full reservoir is cut
@@ -335,7 +335,7 @@ def res_push(rd, ri, rr, n, thr, k, d, i, r):
     return n, thr
 
 
-@njit(cache=True, fastmath=_FM)
+@njit(nogil=True, cache=True, fastmath=_FM)
 def res_finish(rd, ri, rr, n, out_d, out_i, out_r, ordered):
     """The top-k (k = len(out_d)) of the reservoir into (out_d, out_i, out_r), padded
     with sentinels (row -1); sorted best first if ``ordered``, else in no particular
@@ -369,7 +369,7 @@ def res_finish(rd, ri, rr, n, out_d, out_i, out_r, ordered):
         _sift3(out_d, out_i, out_r, 0, end)
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
+@njit(nogil=True, cache=True, fastmath=_FM, inline="always")
 def _sift3(hd, hi, hr, pos, n):
     """``_sift_down`` carrying a third array along."""
     d = hd[pos]
