@@ -26,8 +26,13 @@ from .._config import IVF_COARSE_SCAN_MAX_QUERIES
 from .._validation import check_int, check_metric, check_vectors
 from ..kernels.topk import ID_SENTINEL
 from ._lists import InvertedLists
+from ._rwlock import RWLock, reading, writing
 
-__all__ = ["IVFBase", "check_ids", "normalize_rows"]
+__all__ = ["IVFBase", "MAX_ID", "check_ids", "normalize_rows"]
+
+# The largest id an index accepts: ID_SENTINEL (2**63 - 1) marks "no result" inside the
+# kernels, so it can never be a stored id.
+MAX_ID = int(ID_SENTINEL) - 1
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -52,8 +57,10 @@ def check_ids(ids, n: int, name: str = "ids") -> np.ndarray:
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), one id per row of x; got "
                          f"shape {arr.shape}.")
-    if arr.dtype.kind == "u" and n and arr.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} must fit in int64; got {arr.max()}.")
+    if n and arr.max() > MAX_ID:
+        bad = int(np.argmax(arr))
+        raise ValueError(f"{name} must be at most {MAX_ID} (2**63 - 2; 2**63 - 1 marks "
+                         f"a missing result); got {arr[bad]} at position {bad}.")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     if n and arr.min() < 0:
         bad = int(np.flatnonzero(arr < 0)[0])
@@ -88,6 +95,8 @@ class IVFBase:
         self._centroids = None
         self._prepared = None
         self._next_id = 0
+        # Searches share it, add/remove/train take it alone (see _rwlock).
+        self._rw = RWLock()
 
     # -- hooks -------------------------------------------------------------------------
     def _new_lists(self) -> InvertedLists:
@@ -189,6 +198,7 @@ class IVFBase:
         return topk_prepared(x, self._prepared, p)
 
     # -- training and adding ---------------------------------------------------------
+    @writing
     def train(self, x) -> None:
         """Learn the ``nlist`` coarse centroids (k-means), then what the index encodes.
 
@@ -222,6 +232,7 @@ class IVFBase:
         for name, value in rest.items():
             setattr(self, name, value)
 
+    @writing
     def add(self, x, ids=None) -> None:
         """Add vectors to their nearest lists.
 
@@ -238,6 +249,11 @@ class IVFBase:
         x = check_vectors(x, "x", d=self._d, owner=self._owner())
         n = x.shape[0]
         if ids is None:
+            if self._next_id + n - 1 > MAX_ID:
+                raise OverflowError(
+                    f"{self.kind}.add: the default ids would run past {MAX_ID}, the "
+                    f"largest id an index accepts (the next default id is "
+                    f"{self._next_id}, x has {n} rows); pass ids= explicitly.")
             ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
         else:
             ids = check_ids(ids, n)
@@ -255,6 +271,7 @@ class IVFBase:
         self._lists.add(labels, ids, self._encode_rows(x, labels))
         self._next_id = max(self._next_id, int(ids.max()) + 1)
 
+    @writing
     def remove(self, ids) -> int:
         """Remove vectors by id; ids not in the index are ignored.
 
@@ -276,9 +293,10 @@ class IVFBase:
         if arr.dtype.kind == "u":
             arr = arr[arr <= np.iinfo(np.int64).max]
         arr = np.ascontiguousarray(arr, dtype=np.int64)
-        arr = arr[arr >= 0]
+        arr = arr[(arr >= 0) & (arr <= MAX_ID)]
         return self._lists.remove(arr)
 
+    @reading
     def reconstruct(self, id: int) -> np.ndarray:
         """The stored vector of ``id`` (or its decoded approximation), shape (d,) float32.
 
@@ -330,6 +348,7 @@ class IVFBase:
         return keys, ids
 
     # -- persistence -------------------------------------------------------------------
+    @reading
     def save(self, path) -> None:
         """Write the index to ``path`` atomically (numba_ivf index file, no pickle).
 

@@ -21,6 +21,7 @@ from .._validation import check_choice
 from ..kernels import list_scan
 from ._lists import InvertedLists
 from ._load import register_kind
+from ._rwlock import reading
 from .base import IVFBase, _n_threads
 
 __all__ = ["IVFFlat", "SEARCH_PATHS"]
@@ -83,6 +84,7 @@ class IVFFlat(IVFBase):
         return np.array(self._lists.payload["data"][row])
 
     # -- search ----------------------------------------------------------------------
+    @reading
     def search(self, q, k: int, nprobe: int = 1, *, path: str = "auto"):
         """The k nearest stored vectors of each query, among its nprobe nearest lists.
 

@@ -19,6 +19,7 @@ from .._validation import check_choice, check_int
 from ..pq import ProductQuantizer, check_pq_shape
 from ._lists import InvertedLists
 from ._load import register_kind
+from ._rwlock import reading
 from .base import IVFBase, _n_threads
 
 __all__ = ["IVFPQ", "PQ_SEARCH_PATHS"]
@@ -206,6 +207,7 @@ class IVFPQ(IVFBase):
             self._term = np.ascontiguousarray(term, dtype=np.float32)
         return self._term
 
+    @reading
     def search(self, q, k: int, nprobe: int = 1, *, k_factor: int | None = None,
                path: str = "auto", _backend=None):
         """The k nearest stored vectors of each query, among its nprobe nearest lists.
@@ -277,6 +279,8 @@ class IVFPQ(IVFBase):
             rows = self._scan(path, q, scores, probes, keys, ids, backend, serial)
             if self._refine:
                 keys, ids = self._refine_exact(q, keys, ids, k, serial, rows)
+        else:
+            keys, ids = keys[:, :k], ids[:, :k]   # (0, k), not (0, k * k_factor)
         return self._finish(keys, ids)
 
     def _search_one(self, q, k, nprobe, k_factor):
