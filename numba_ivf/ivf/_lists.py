@@ -174,7 +174,8 @@ def _round_up(x, align: int):
 
 def _as_rows(arr):
     """View a 1-D or 2-D array as (rows, width) without copying."""
-    return arr.reshape(arr.shape[0], -1)
+    # An explicit width: -1 cannot be inferred for an empty array (saving an empty index).
+    return arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:], dtype=np.int64)))
 
 
 class InvertedLists:
