@@ -243,25 +243,23 @@ def test_rwlock_writer_excludes_readers_and_is_preferred():
     assert log == ["w", "r"]
 
 
-def test_rwlock_reentrant_read_and_write_inside_read_raises():
+def test_rwlock_readers_share():
     lock = RWLock()
-    with lock.read():
+    inside = threading.Barrier(3, timeout=5)
+
+    def reader():
         with lock.read():
-            pass
-        with pytest.raises(RuntimeError, match="inside one of its own searches"):
-            with lock.write():
-                pass
-    with lock.write():
-        with lock.read():       # a mutation may read its own index
-            pass
-        with lock.write():
-            pass
-    # Released fully: another thread can write.
-    done = threading.Event()
-    t = threading.Thread(target=lambda: (lock.write().__enter__(), done.set()))
-    t.start()
-    t.join(5)
-    assert done.is_set()
+            inside.wait()       # all three readers are inside at once
+
+    ts = [threading.Thread(target=reader) for _ in range(2)]
+    for t in ts:
+        t.start()
+    with lock.read():
+        inside.wait()
+    for t in ts:
+        t.join(5)
+    with lock.write():          # released fully
+        pass
 
 
 def test_ids_limits(data):
