@@ -289,3 +289,20 @@ def test_empty_batch_with_refine_has_k_columns(data):
     index.add(x[:100])
     d, ids = index.search(np.zeros((0, D), np.float32), 5, k_factor=8)
     assert d.shape == (0, 5) and ids.shape == (0, 5)
+
+
+def test_deepcopy_and_pickle_get_their_own_lock(trained, data):
+    import copy
+    import pickle
+    kind, index = trained
+    x, q = data
+    index.add(x[:300])
+    try:
+        want = _search(index, q, kind)
+        for clone in (copy.deepcopy(index), pickle.loads(pickle.dumps(index))):
+            assert clone._rw is not index._rw
+            np.testing.assert_array_equal(_search(clone, q, kind)[1], want[1])
+            clone.remove(np.arange(300))
+            assert len(clone) == 0 and len(index) == 300
+    finally:
+        index.remove(np.arange(300))

@@ -98,6 +98,16 @@ class IVFBase:
         # Searches share it, add/remove/train take it alone (see _rwlock).
         self._rw = RWLock()
 
+    # copy.deepcopy and pickle carry everything but the lock; the copy gets its own.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_rw"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._rw = RWLock()
+
     # -- hooks -------------------------------------------------------------------------
     def _new_lists(self) -> InvertedLists:
         raise NotImplementedError
