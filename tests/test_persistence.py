@@ -7,6 +7,9 @@ import os
 import pathlib
 import re
 import struct
+import subprocess
+import sys
+import time
 import zlib
 
 import numpy as np
@@ -563,6 +566,101 @@ def test_failure_mid_write_cleans_up(tmp_path, monkeypatch):
         write_index_file(path, "IVFFlat", {"v": 2}, _sample_arrays(6))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["keep.nivf"]
+
+
+def _dead_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def _age(path, seconds):
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+_KILLED_SAVE = """
+import os, sys
+import numpy as np
+from numba_ivf.persistence import format as fmt
+real = fmt._write_all
+calls = []
+def die_mid_write(f, data):
+    calls.append(1)
+    if len(calls) == 3:  # placeholder header and some data are on disk by now
+        os._exit(9)
+    real(f, data)
+fmt._write_all = die_mid_write
+fmt.write_index_file(sys.argv[1], "IVFFlat", {"v": 2},
+                     {"a": np.arange(1000), "b": np.ones((50, 4), np.float32)})
+"""
+
+
+def test_killed_save_leaves_a_temp_file_that_load_ignores_and_save_removes(tmp_path):
+    path = tmp_path / "k.nivf"
+    write_index_file(path, "IVFFlat", {"v": 1}, _sample_arrays(1))
+    child = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(path)],
+                           cwd=pathlib.Path(__file__).parents[1], capture_output=True)
+    assert child.returncode == 9, child.stderr.decode()
+    (stale,) = [name for name in os.listdir(tmp_path) if name != "k.nivf"]
+    assert re.fullmatch(r"\.k\.nivf\.[0-9]+\.[a-z0-9_]{8}\.tmp", stale)
+    # The path still holds the old, complete file, and loading it ignores the temp.
+    assert read_index_file(path).params == {"v": 1}
+    # A young temp may belong to a writer our pid check cannot see: it stays.
+    write_index_file(path, "IVFFlat", {"v": 2}, _sample_arrays(2))
+    assert sorted(os.listdir(tmp_path)) == sorted(["k.nivf", stale])
+    _age(tmp_path / stale, fmt._STALE_TEMP_MIN_AGE_S + 5)
+    write_index_file(path, "IVFFlat", {"v": 3}, _sample_arrays(3))
+    assert os.listdir(tmp_path) == ["k.nivf"]
+    assert read_index_file(path).params == {"v": 3}
+
+
+def test_only_stale_temp_files_of_the_same_target_are_removed(tmp_path):
+    dead, alive = _dead_pid(), os.getppid()
+    path = tmp_path / "t.nivf"
+    names = {
+        f".t.nivf.{dead}.abc_1234.tmp": False,          # stale: removed
+        f".t.nivf.{dead}.zzzzzzzz.tmp": False,          # stale: removed
+        f".t.nivf.{alive}.abcd1234.tmp": True,          # writer alive
+        f".t.nivf.{os.getpid()}.abcd1234.tmp": True,    # this process (another thread)
+        f".u.nivf.{dead}.abcd1234.tmp": True,           # another target
+        f".t.nivf.x.{dead}.abcd1234.tmp": True,         # target "t.nivf.x"
+        f".t.nivf.{dead}.abcd123.tmp": True,            # not mkstemp's 8 characters
+        f".t.nivf.{dead}.ABCD1234.tmp": True,
+        ".t.nivf.abcd1234.tmp": True,                   # no pid: an older version's
+        f".t.nivf.0.abcd1234.tmp": True,                # pid 0: not a process
+        f"t.nivf.{dead}.abcd1234.tmp": True,            # no leading dot
+        f".t.nivf.{dead}.abcd1234.tmp.bak": True,
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"partial")
+        _age(tmp_path / name, fmt._STALE_TEMP_MIN_AGE_S + 5)
+    (tmp_path / f".t.nivf.{dead}.dir_4567.tmp").mkdir()  # not a file: left alone
+    names[f".t.nivf.{dead}.dir_4567.tmp"] = True
+    write_index_file(path, "IVFFlat", {}, {})
+    kept = {name for name, keep in names.items() if keep}
+    assert set(os.listdir(tmp_path)) == kept | {"t.nivf"}
+
+
+def test_temp_file_of_a_save_in_progress_survives_another_save(tmp_path, monkeypatch):
+    # A save to the same path starts while another one (here: of this process, as from
+    # another thread) is mid-write: its cleanup must keep that temp file, even if old.
+    path = tmp_path / "p.nivf"
+    real_write_all = fmt._write_all
+
+    def save_again_mid_write(f, data):
+        real_write_all(f, data)
+        monkeypatch.setattr(fmt, "_write_all", real_write_all)  # once
+        (tmp,) = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+        _age(tmp_path / tmp, fmt._STALE_TEMP_MIN_AGE_S + 5)
+        write_index_file(path, "IVFFlat", {"v": "inner"}, {})
+        assert tmp in os.listdir(tmp_path)
+
+    monkeypatch.setattr(fmt, "_write_all", save_again_mid_write)
+    write_index_file(path, "IVFFlat", {"v": "outer"}, _sample_arrays(4))
+    assert read_index_file(path).params == {"v": "outer"}
+    assert os.listdir(tmp_path) == ["p.nivf"]
 
 
 def test_missing_directory(tmp_path):
