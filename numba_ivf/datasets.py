@@ -290,6 +290,10 @@ def _import_h5py():
     return h5py
 
 
+_HDF5_LAYOUT = ("an ann-benchmarks file has datasets 'train' (n, d), 'test' (nq, d), "
+                "'neighbors' (nq, k) and 'distances' (nq, k)")
+
+
 def read_hdf5(path, metric: str | None = None) -> Dataset:
     """Read an ann-benchmarks HDF5 file.
 
@@ -301,11 +305,22 @@ def read_hdf5(path, metric: str | None = None) -> Dataset:
         (``"euclidean"``, ``"angular"``, ``"dot"``...).
     metric : str, optional
         Override the file's metric. If it differs from the file's, the file's
-        neighbours do not apply and ``neighbors`` is None.
+        neighbours do not apply and ``neighbors`` is None (the file's ``distance`` may
+        then be one numba_ivf does not know, e.g. ``"hamming"``).
 
     Returns
     -------
     Dataset
+
+    Raises
+    ------
+    ValueError
+        Missing or unreadable file; a missing ``train`` / ``test``; a member that is a
+        group rather than a dataset; non-numeric (e.g. string) data, NaN or infinity
+        in the vectors; shapes that do not fit together (``neighbors`` and
+        ``distances`` need one row per query); neighbour ids outside [-1, n); a
+        missing or unknown ``distance`` attribute when ``metric`` is not given. The
+        message names the file and the dataset.
     """
     path = Path(path)
     if not path.is_file():
@@ -321,26 +336,112 @@ def read_hdf5(path, metric: str | None = None) -> Dataset:
     with f:
         for key in ("train", "test"):
             if key not in f:
-                raise ValueError(f"{path}: missing dataset {key!r}; an ann-benchmarks "
-                                 f"file has 'train', 'test', 'neighbors', 'distances'.")
-        base = np.ascontiguousarray(f["train"][()], dtype=np.float32)
-        queries = np.ascontiguousarray(f["test"][()], dtype=np.float32)
+                raise ValueError(f"{path}: missing dataset {key!r}; {_HDF5_LAYOUT}.")
+        # Vectors: float32 whatever the file stores (uint8 images, float64 ...).
+        base = _h5_read(h5py, f, path, "train", "fiub", "real numbers, shape (n, d)")
+        queries = _h5_read(h5py, f, path, "test", "fiub", "real numbers, shape (nq, d)")
+        neighbors = distances = None
+        if "neighbors" in f:
+            neighbors = _h5_read(h5py, f, path, "neighbors", "iu",
+                                 "integer ids, shape (nq, k)")
+        if "distances" in f:
+            distances = _h5_read(h5py, f, path, "distances", "fiu",
+                                 "real numbers, shape (nq, k)")
         file_metric = f.attrs.get("distance", None)
-        if isinstance(file_metric, bytes):
-            file_metric = file_metric.decode()
-        neighbors = f["neighbors"][()].astype(np.int64) if "neighbors" in f else None
-        distances = f["distances"][()] if "distances" in f else None
-    if base.ndim != 2 or queries.ndim != 2 or base.shape[1] != queries.shape[1]:
-        raise ValueError(f"{path}: 'train' {base.shape} and 'test' {queries.shape} must "
-                         f"be 2-D with the same number of columns.")
+    base, queries = _check_hdf5_vectors(path, base, queries)
+    if neighbors is not None:
+        neighbors = _check_hdf5_neighbors(path, neighbors, base.shape[0],
+                                          queries.shape[0])
+    if distances is not None:
+        want = neighbors.shape if neighbors is not None else (queries.shape[0], "k")
+        if distances.ndim != 2 or distances.shape[0] != queries.shape[0] or (
+                neighbors is not None and distances.shape != neighbors.shape):
+            raise ValueError(f"{path}: dataset 'distances' has shape {distances.shape}; "
+                             f"expected {_shape_str(want)}, the distances of "
+                             f"'neighbors', one row per query in 'test'.")
+    if isinstance(file_metric, bytes):  # fixed-length strings come back as bytes
+        file_metric = file_metric.decode("utf-8", "replace")
     if file_metric is None and metric is None:
         raise ValueError(f"{path}: the file has no 'distance' attribute; pass metric=.")
-    file_metric = normalize_metric(file_metric) if file_metric is not None else None
+    known = isinstance(file_metric, str) and file_metric.lower() in _METRIC_ALIASES
+    if file_metric is not None and not known and metric is None:
+        shown = file_metric.tolist() if isinstance(file_metric, (np.generic, np.ndarray)) \
+            else file_metric
+        shown = repr(shown) if isinstance(shown, str) else \
+            f"{shown!r} (of type {type(file_metric).__name__}, not str)"
+        allowed = ", ".join(repr(m) for m in _METRIC_ALIASES)
+        raise ValueError(f"{path}: attribute 'distance' is {shown}; expected one of "
+                         f"{allowed}, or pass metric= to use the vectors with another "
+                         f"metric (without the file's neighbours).")
+    file_metric = normalize_metric(file_metric) if known else None
     metric = normalize_metric(metric) if metric is not None else file_metric
     if metric != file_metric:
         neighbors = distances = None
     return Dataset(name=path.stem, base=base, queries=queries, neighbors=neighbors,
                    metric=metric, distances=distances, source=str(path))
+
+
+def _h5_read(h5py, f, path, key, kinds, expected):
+    """Member ``key`` of ``f`` as an ndarray, if it is a dataset of dtype kind ``kinds``."""
+    try:
+        obj = f[key]
+    except (KeyError, OSError) as exc:  # e.g. a dangling link
+        raise ValueError(f"{path}: cannot open {key!r} ({exc}).") from None
+    if not isinstance(obj, h5py.Dataset):
+        what = "group" if isinstance(obj, h5py.Group) else type(obj).__name__
+        raise ValueError(f"{path}: {key!r} is an HDF5 {what}, not a dataset; expected "
+                         f"a dataset of {expected} ({_HDF5_LAYOUT}).")
+    dtype = obj.dtype
+    if dtype.kind not in kinds:
+        found = "strings" if h5py.check_string_dtype(dtype) is not None or \
+            dtype.kind in "SUO" else f"dtype {dtype}"
+        raise ValueError(f"{path}: dataset {key!r} holds {found}; expected {expected}.")
+    try:
+        return np.asarray(obj[()])
+    except (OSError, TypeError, ValueError) as exc:  # e.g. a missing compression filter
+        raise ValueError(f"{path}: cannot read dataset {key!r} ({exc}).") from None
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _check_hdf5_vectors(path, base, queries):
+    for key, arr, rows in (("train", base, "n"), ("test", queries, "nq")):
+        if arr.ndim != 2 or arr.shape[1] < 1:
+            raise ValueError(f"{path}: dataset {key!r} has shape {arr.shape}; expected "
+                             f"({rows}, d), 2-D with d >= 1.")
+    if base.shape[1] != queries.shape[1]:
+        raise ValueError(f"{path}: dataset 'test' has {queries.shape[1]} columns, but "
+                         f"'train' has {base.shape[1]}; queries and base vectors must "
+                         f"have the same dimension.")
+    out = []
+    for key, arr in (("train", base), ("test", queries)):
+        with np.errstate(over="ignore"):  # float64 beyond float32 -> inf, refused below
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        # min/max propagate NaN: no (n, d) temporary unless something is wrong.
+        if arr.size and not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
+            row, col = (int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+            raise ValueError(f"{path}: dataset {key!r} holds {arr[row, col]} at row "
+                             f"{row}, column {col}; expected finite values (within "
+                             f"float32 range).")
+        out.append(arr)
+    return out
+
+
+def _check_hdf5_neighbors(path, neighbors, n, nq):
+    if neighbors.ndim != 2 or neighbors.shape[0] != nq or neighbors.shape[1] < 1:
+        raise ValueError(f"{path}: dataset 'neighbors' has shape {neighbors.shape}; "
+                         f"expected ({nq}, k) with k >= 1, one row of neighbour ids per "
+                         f"query in 'test' ({nq} rows).")
+    # Range-check before converting: uint64 ids past 2**63 would wrap to negatives.
+    if neighbors.size and (neighbors.min() < -1 or neighbors.max() >= n):
+        bad = np.argwhere((neighbors < -1) | (neighbors >= n))[0]
+        raise ValueError(f"{path}: dataset 'neighbors' holds id "
+                         f"{neighbors[tuple(bad)]} at row {bad[0]}, column {bad[1]}; "
+                         f"expected ids of 'train' rows, in [0, {n}) (or -1 for "
+                         f"missing).")
+    return neighbors.astype(np.int64)
 
 
 # -- folders: ann-data layout and TEXMEX triplets -------------------------------------

@@ -1,4 +1,5 @@
 import json
+import re
 import sys
 
 import numpy as np
@@ -143,6 +144,107 @@ def test_hdf5_reader(tmp_path):
     bad.write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match=r"bad\.hdf5: not a readable HDF5 file"):
         read_hdf5(bad)
+
+
+def _write_h5(path, h5py, members, distance="euclidean"):
+    """An HDF5 file holding ``members`` (name -> array, or None for an empty group)."""
+    with h5py.File(path, "w") as f:
+        for name, value in members.items():
+            if value is None:
+                f.create_group(name)
+            else:
+                f.create_dataset(name, data=value)
+        if distance is not None:
+            f.attrs["distance"] = distance
+
+
+def _h5_members(rng, n=20, nq=4, d=3, k=2):
+    return {"train": rng.standard_normal((n, d)).astype(np.float32),
+            "test": rng.standard_normal((nq, d)).astype(np.float32),
+            "neighbors": rng.integers(0, n, (nq, k)).astype(np.int32),
+            "distances": rng.random((nq, k)).astype(np.float32)}
+
+
+_BAD_H5 = {
+    # name: (change to the members or the distance attribute, message after the path)
+    "neighbors short": (lambda m: m.update(neighbors=m["neighbors"][:3]),
+                        r"dataset 'neighbors' has shape \(3, 2\); expected \(4, k\) "
+                        r"with k >= 1, one row of neighbour ids per query in 'test' "
+                        r"\(4 rows\)"),
+    "neighbors 1-D": (lambda m: m.update(neighbors=m["neighbors"][:, 0]),
+                      r"dataset 'neighbors' has shape \(4,\); expected \(4, k\)"),
+    "neighbors float": (lambda m: m.update(neighbors=m["neighbors"] + 0.5),
+                        r"dataset 'neighbors' holds dtype float64; expected integer "
+                        r"ids, shape \(nq, k\)"),
+    "neighbors past n": (lambda m: m["neighbors"].__setitem__((2, 1), 20),
+                         r"dataset 'neighbors' holds id 20 at row 2, column 1; expected "
+                         r"ids of 'train' rows, in \[0, 20\)"),
+    "neighbors uint64 wrap": (lambda m: m.update(
+        neighbors=np.full((4, 2), 2**64 - 1, dtype=np.uint64)),
+        r"dataset 'neighbors' holds id 18446744073709551615 at row 0"),
+    "distances shape": (lambda m: m.update(distances=m["distances"][:, :1]),
+                        r"dataset 'distances' has shape \(4, 1\); expected \(4, 2\), "
+                        r"the distances of 'neighbors'"),
+    "train group": (lambda m: m.update(train=None),
+                    r"'train' is an HDF5 group, not a dataset; expected a dataset of "
+                    r"real numbers, shape \(n, d\)"),
+    "neighbors group": (lambda m: m.update(neighbors=None),
+                        r"'neighbors' is an HDF5 group, not a dataset"),
+    "train strings": (lambda m: m.update(train=np.array([b"a", b"b"])),
+                      r"dataset 'train' holds strings; expected real numbers"),
+    "test vlen strings": (lambda m: m.update(test=np.array(["x", "yz"], dtype=object)),
+                          r"dataset 'test' holds strings; expected real numbers"),
+    "train 1-D": (lambda m: m.update(train=m["train"][:, 0]),
+                  r"dataset 'train' has shape \(20,\); expected \(n, d\)"),
+    "test columns": (lambda m: m.update(test=m["test"][:, :2]),
+                     r"dataset 'test' has 2 columns, but 'train' has 3"),
+    "train nan": (lambda m: m["train"].__setitem__((5, 1), np.nan),
+                  r"dataset 'train' holds nan at row 5, column 1; expected finite"),
+    "test overflow": (lambda m: m.update(test=np.full((4, 3), 1e300)),
+                      r"dataset 'test' holds inf at row 0, column 0; expected finite"),
+    "unknown distance": ("hamming",
+                         r"attribute 'distance' is 'hamming'; expected one of 'l2', "
+                         r"'euclidean'.*or pass metric="),
+    "non-string distance": (7, r"attribute 'distance' is 7 \(of type int64, not "
+                               r"str\); expected one of"),
+    "missing train": (lambda m: m.pop("train"), r"missing dataset 'train'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_H5))
+def test_hdf5_crafted_files_are_refused_naming_file_and_dataset(tmp_path, case):
+    h5py = pytest.importorskip("h5py")
+    change, message = _BAD_H5[case]
+    members, distance = _h5_members(np.random.default_rng(11)), "euclidean"
+    if callable(change):
+        change(members)
+    else:
+        distance = change
+    path = tmp_path / "crafted.hdf5"
+    _write_h5(path, h5py, members, distance)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + message):
+        read_hdf5(path)
+
+
+def test_hdf5_unknown_distance_with_metric_override_drops_neighbors(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "bits.hdf5"
+    members = _h5_members(np.random.default_rng(12))
+    _write_h5(path, h5py, members, distance=b"hamming")
+    ds = read_hdf5(path, metric="l2")
+    assert ds.metric == "l2" and ds.neighbors is None and ds.distances is None
+    np.testing.assert_array_equal(ds.base, members["train"])
+
+
+def test_hdf5_accepts_uint8_vectors_and_no_ground_truth(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(13)
+    path = tmp_path / "u8.h5"
+    train = rng.integers(0, 256, (10, 4), dtype=np.uint8)
+    _write_h5(path, h5py, {"train": train, "test": train[:2]}, distance="angular")
+    ds = read_hdf5(path)
+    assert ds.base.dtype == np.float32 and ds.neighbors is None and ds.metric == "cosine"
+    np.testing.assert_array_equal(ds.base, train)
 
 
 def test_hdf5_without_h5py_names_the_extra(tmp_path, monkeypatch):
