@@ -147,10 +147,13 @@ def make_machine(kind, path, tmp):
                     v = vec_of[int(ids[r, j])]
                     true = float(((q[r].astype(np.float64) - v) ** 2).sum())
                     assert abs(true - d[r, j]) <= 1e-3 * max(1.0, true)
-            # One query alone gives exactly the batch's row.
+            # One query alone (the fused one-query kernel) gives exactly what a (1, d)
+            # batch gives. Larger batches may round the coarse scores differently (the
+            # tiled kernel), which by-residual PQ tables inherit.
             d1, i1 = self.index.search(q[0], k, nprobe=NLIST, **kw)
-            np.testing.assert_array_equal(i1[0], ids[0])
-            np.testing.assert_array_equal(d1[0], d[0])
+            db, ib = self.index.search(q[:1], k, nprobe=NLIST, path="batch", **kw)
+            np.testing.assert_array_equal(i1, ib)
+            np.testing.assert_array_equal(d1, db)
 
         @rule(k=st.integers(1, 8), nprobe=st.integers(1, NLIST))
         def search_probed(self, k, nprobe):
