@@ -168,3 +168,19 @@ PQ_TRAIN_MAX_POINTS_PER_CENTROID = 256
 # many codes per thread (below that, waking the pool costs more than the scan).
 PQ_SINGLE_MIN_ROWS = 8192
 
+
+# -- value range (inputs whose squares overflow float32) -----------------------------
+# Every vector and query an index takes must satisfy max |value| <= VALUE_LIMIT(d) =
+# sqrt(FLT_MAX / (VALUE_LIMIT_FACTOR * d)), so that every float32 the library computes
+# from them stays finite. With |x|, |q| <= B: centroids are means (|c| <= B, a split
+# nudges them by 2**-10), residuals and PQ codebooks |r| <= 2B. The largest sums are
+# then the L2-by-residual PQ keys ||q - c||^2 + sum_j (||r_j||^2 + 2 c_j.r_j - 2 q_j.r_j)
+# <= 4dB^2 + 12dB^2 = 16 d B^2 (every partial sum is bounded by the sum of the absolute
+# values, so the order does not matter); flat and refine L2 keys and coarse distances
+# are <= 4dB^2, inner products <= 3dB^2. A factor 32 leaves 2x for rounding and split
+# nudges, and works for every d: d=128 gives 2.9e17, d=1e6 3.3e15. Fixed bounds (1e15)
+# need a cap on d, which the library does not have.
+VALUE_LIMIT_FACTOR = 32
+# A ProductQuantizer is trained on (and encodes) residuals x - c of vectors within the
+# limit, so it accepts twice the limit: its own sums ||v - cb||^2 <= d (4B)^2 = 16dB^2.
+PQ_VALUE_LIMIT_FACTOR = 2

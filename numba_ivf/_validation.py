@@ -6,11 +6,29 @@ names the parameter, what is allowed and what was received.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
 
+from ._config import VALUE_LIMIT_FACTOR
+
 METRICS = ("l2", "ip", "cosine")
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def value_limit(d: int) -> float:
+    """The largest |value| accepted in a vector of ``d`` features (float64):
+    sqrt(FLT_MAX / (VALUE_LIMIT_FACTOR * d)), derived in ``_config``. The one-query
+    kernels compute the same expression (``list_scan.value_limit``), bit for bit."""
+    return math.sqrt(FLT_MAX / (VALUE_LIMIT_FACTOR * d))
+
+
+def _float32_at_most(v: float) -> np.float32:
+    """The largest float32 <= v (v >= 0): |x| <= v and |x| <= it agree for float32 x."""
+    f = np.float32(min(v, FLT_MAX))
+    return np.nextafter(f, np.float32(0)) if float(f) > v else f
 
 
 def check_choice(name: str, value, allowed) -> str:
@@ -36,12 +54,15 @@ def check_int(name: str, value, *, min_value: int | None = None,
 
 
 def check_vectors(x, name: str = "x", *, d: int | None = None, owner: str | None = None,
-                  min_rows: int = 0, allow_1d: bool = False) -> np.ndarray:
+                  min_rows: int = 0, allow_1d: bool = False,
+                  max_abs: float | None = None) -> np.ndarray:
     """Return ``x`` as a C-contiguous float32 array of shape (n, d).
 
     float32/float64 (and integer) input in any memory order is accepted and converted
     once; a C-contiguous float32 array is returned as is, without a copy. NaN/inf,
-    wrong ndim, complex or object data and a wrong feature count raise.
+    values beyond ``max_abs`` (default ``value_limit(d)``: larger ones overflow
+    float32 squared distances), wrong ndim, complex or object data and a wrong feature
+    count raise.
     """
     if isinstance(x, np.ndarray):
         arr = x
@@ -70,14 +91,31 @@ def check_vectors(x, name: str = "x", *, d: int | None = None, owner: str | None
                          f"{arr.shape[0]}.")
     with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
         out = np.ascontiguousarray(arr, dtype=np.float32)
-    if arr.dtype.kind == "f":
-        # The conversion can overflow float64 -> float32: check the converted values.
-        if not np.isfinite(out).all():
-            bad = np.argwhere(~np.isfinite(out))[0]
-            raise ValueError(f"{name} contains NaN or infinity (first at row {bad[0]}, "
-                             f"column {bad[1]}; float64 values beyond float32's range "
-                             f"count as infinity); remove or impute them first.")
+    _check_values(out, name, value_limit(out.shape[1]) if max_abs is None else max_abs)
     return out
+
+
+def _check_values(out: np.ndarray, name: str, max_abs: float) -> None:
+    """Raise unless every entry of the float32 array ``out`` is finite and within
+    ``max_abs``: one vectorised pass (no temporary array), which also catches NaN."""
+    from .kernels.list_scan import count_within
+    lim = _float32_at_most(max_abs)
+    flat = out.reshape(-1)
+    if count_within(flat, lim) == flat.shape[0]:
+        return
+    # Error path only: the first offender, and which rule it breaks.
+    bad = ~np.isfinite(out)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise ValueError(f"{name} contains NaN or infinity (first at row {r}, column "
+                         f"{c}; float64 values beyond float32's range count as "
+                         f"infinity); remove or impute them first.")
+    r, c = np.argwhere(np.abs(out) > lim)[0]
+    raise ValueError(f"{name} holds {float(out[r, c]):.6g} at row {r}, column {c}, but "
+                     f"the largest magnitude accepted with {out.shape[1]} features is "
+                     f"{float(lim):.6g} (beyond it squared distances and inner products "
+                     f"overflow float32; see VALUE_LIMIT_FACTOR in numba_ivf._config); "
+                     f"rescale the data, which changes no ranking.")
 
 
 def check_metric(metric) -> str:

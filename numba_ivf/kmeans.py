@@ -142,8 +142,15 @@ class KMeans:
         -------
         self
         """
-        k = self._check_params()
+        self._check_params()
         x = check_vectors(x, "x")
+        return self._fit_validated(x, init_centroids)
+
+    def _fit_validated(self, x: np.ndarray, init_centroids=None) -> "KMeans":
+        """``fit`` of a C-contiguous float32 x that the caller has validated, with its
+        own value limit: ``ProductQuantizer`` fits sub-vectors of residuals, which may
+        reach twice the limit of vectors of their length (see ``_config``)."""
+        k = self._check_params()
         n, d = x.shape
         if n < k:
             raise ValueError(f"x has {n} rows, but n_clusters={k}: k-means needs at "
@@ -186,7 +193,13 @@ class KMeans:
         # RMS coordinate, only a scale for the bounds' slack: a float32 BLAS dot (3 ms at
         # 50k x 128) is accurate enough; the float64 copy it replaced took 26 ms.
         flat = x.reshape(-1)
-        scale = float(np.sqrt(float(np.dot(flat, flat)) / max(flat.size, 1))) or 1.0
+        with np.errstate(over="ignore"):
+            sumsq = float(np.dot(flat, flat))
+        if not np.isfinite(sumsq):
+            # float32 overflow (many rows near the value limit): an infinite scale made
+            # every empty-cluster split infinite. Rare, so the slow float64 sum is fine.
+            sumsq = float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+        scale = float(np.sqrt(sumsq / max(flat.size, 1))) or 1.0
         self.objective = []
         self.n_split_ = 0
         self.n_recomputed_ = []
@@ -222,6 +235,7 @@ class KMeans:
             centroids, n_split = self._update(sums, counts, centroids, rng, scale)
             if spherical:
                 centroids = _assign._normalize_rows(centroids)
+            self._check_finite(centroids, x, it)
             if use_bounds:
                 state = self._move_bounds(state, labels, old, centroids)
             self.n_split_ += n_split
@@ -234,6 +248,22 @@ class KMeans:
         self.n_features_in_ = d
         self._prepared = None
         return self
+
+    @staticmethod
+    def _check_finite(centroids, x, it):
+        """Raise rather than return (or let an index save) a NaN/inf centroid.
+
+        Inputs within the value limit keep every centroid finite (``_config``), so
+        this only fires on a bug or on input that bypassed the checks; k * d
+        comparisons, nothing next to an assignment step.
+        """
+        bad = ~np.isfinite(centroids)
+        if bad.any():
+            c = int(np.argwhere(bad)[0][0])
+            why = ("x holds NaN or infinity" if not np.isfinite(x).all() else
+                   f"largest |x| is {float(np.abs(x).max()):.6g}; rescale x")
+            raise FloatingPointError(f"KMeans: centroid {c} became NaN or infinite in "
+                                     f"iteration {it + 1} ({why}).")
 
     def _subsample(self, x, k, rng):
         mppc = self.max_points_per_centroid

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validation import check_choice, check_int, check_vectors
+from ._config import PQ_VALUE_LIMIT_FACTOR
+from ._validation import check_choice, check_int, check_vectors, value_limit
 from .kernels import assign as _assign
 from .kernels.pq_encode import pq_decode, pq_distance_tables
 
@@ -74,6 +75,11 @@ class ProductQuantizer:
     def is_trained(self) -> bool:
         return self.codebooks is not None
 
+    @property
+    def _max_abs(self) -> float:
+        # Residuals x - c of vectors within the value limit reach twice it (_config).
+        return PQ_VALUE_LIMIT_FACTOR * value_limit(self.d)
+
     def __repr__(self):
         return f"ProductQuantizer(d={self.d}, m={self.m}, nbits={self.nbits})"
 
@@ -87,7 +93,7 @@ class ProductQuantizer:
         """
         from .kmeans import KMeans
 
-        x = check_vectors(x, "x", d=self.d, owner=repr(self))
+        x = check_vectors(x, "x", d=self.d, owner=repr(self), max_abs=self._max_abs)
         if x.shape[0] < self.ksub:
             raise ValueError(f"x has {x.shape[0]} rows, but {self!r} trains "
                              f"{self.ksub} centroids per sub-space: give at least "
@@ -104,7 +110,13 @@ class ProductQuantizer:
             # vs 0.30 s per sub-space, same objective to 7 digits).
             km = KMeans(self.ksub, n_iter=n_iter, seed=int(rng.integers(2**31)),
                         max_points_per_centroid=None, bounds=False, verbose=False)
-            codebooks[j] = km.fit(sub).centroids
+            # x passed check_vectors with this PQ's limit, which KMeans's own default
+            # for d/m features need not cover (m < 4): fit it as validated.
+            try:
+                codebooks[j] = km._fit_validated(sub).centroids
+            except FloatingPointError as exc:
+                raise FloatingPointError(f"{self!r}.train: the codebook of sub-space "
+                                         f"{j} is not finite ({exc})") from None
             if verbose:
                 print(f"ProductQuantizer: sub-space {j + 1}/{self.m} trained, "
                       f"objective {km.objective[-1]:.6g}", flush=True)
@@ -132,7 +144,8 @@ class ProductQuantizer:
     def encode(self, x) -> np.ndarray:
         """Codes (n, m) uint8 of the rows of ``x``: nearest centroid per sub-space."""
         self._check_trained()
-        x = check_vectors(x, "x", d=self.d, owner=repr(self), allow_1d=True)
+        x = check_vectors(x, "x", d=self.d, owner=repr(self), allow_1d=True,
+                          max_abs=self._max_abs)
         return self._encode(x)
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
@@ -168,5 +181,6 @@ class ProductQuantizer:
         """
         self._check_trained()
         check_choice("metric", metric, ("l2", "ip"))
-        q = check_vectors(q, "q", d=self.d, owner=repr(self), allow_1d=True)
+        q = check_vectors(q, "q", d=self.d, owner=repr(self), allow_1d=True,
+                          max_abs=self._max_abs)
         return pq_distance_tables(q, self.codebooks_t, metric == "l2")

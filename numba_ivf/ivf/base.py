@@ -11,7 +11,8 @@ pair. Orchestration only: no loops over vectors here.
 One query per call is dominated by Python overhead (a full validation costs more than
 scanning a few lists), so ``_one_query`` recognises the common case -- one C-contiguous
 float32/float64 row, plain int ``k`` and ``nprobe`` -- with a handful of cheap checks, and
-a subclass hands it to a single fused kernel that also checks finiteness. Anything else,
+a subclass hands it to a single fused kernel that also checks the values (finite,
+within the value limit). Anything else,
 including every error, takes the general path and its messages.
 """
 
@@ -332,7 +333,8 @@ class IVFBase:
 
         Eligible: a trained index, ``q`` an ndarray of dtype float32 or float64 with shape
         (d,) or (1, d) and C-contiguous, ``k`` and ``nprobe`` Python ints >= 1. ``row``
-        is a (d,) view of q (not checked for NaN/inf: the fast kernel does that and the
+        is a (d,) view of q (not checked for NaN/inf or the value limit: the fast kernel
+        does that and the
         caller falls back to the general path, which raises). nprobe is clamped to nlist.
         """
         if (type(q) is not np.ndarray or type(k) is not int or type(nprobe) is not int

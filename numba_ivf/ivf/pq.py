@@ -284,8 +284,9 @@ class IVFPQ(IVFBase):
         return self._finish(keys, ids)
 
     def _search_one(self, q, k, nprobe, k_factor):
-        """One query in one kernel call (``kernels.pq_one``); None if q holds NaN or
-        inf (the general path raises) or its lists are long enough to split."""
+        """One query in one kernel call (``kernels.pq_one``); None if q holds NaN, inf or
+        a value beyond the value limit (the general path raises) or its lists are long
+        enough to split."""
         L = self._lists
         c = self._one_query_consts()
         threads = _n_threads()

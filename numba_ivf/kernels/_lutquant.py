@@ -6,6 +6,9 @@ multiply-adds; s = float32(scale)),
 
     out_u8[j, c] = floor(((qlut[j, c] + term_l[j, c]) - lo[j]) * s + 0.5)
 
+clamped to [0, 255] (NaN -> 255) before the conversion, so any values, even those of
+tables that no validated query produces, give defined entries;
+
 and ``quantize_rows1(lut, lo, scale, out_u8)`` the same for one table in float64:
 floor((float64(lut[j, c]) - lo[j]) * scale + 0.5). Both are the operations, in the same
 order, of the plain-loop oracles in ``tests/naive``. The pair tables (one per probed
@@ -59,6 +62,8 @@ def _codegen(two):
         vb = ir.VectorType(ir.IntType(8), 2 * _W)
         scale_v = _splat(builder, s, vt)
         half_v = ir.Constant(vt, [0.5] * _W)
+        top_v = ir.Constant(vt, [255.0] * _W)
+        zero_v = ir.Constant(vt, [0.0] * _W)
         m = builder.extract_value(qa.shape, 0)
         with cgutils.for_range(builder, m, intp=_I64) as loop:
             j = loop.index
@@ -78,8 +83,13 @@ def _codegen(two):
                     v = builder.fadd(v, vload(ta))
                 else:
                     v = builder.fpext(v, vt)
-                halves.append(builder.fadd(builder.fmul(builder.fsub(v, lo_v), scale_v),
-                                           half_v))
+                e = builder.fadd(builder.fmul(builder.fsub(v, lo_v), scale_v), half_v)
+                # Clamp to [0, 255] before fptosi, whose result out of range (or for
+                # NaN) is poison: a finite table stays inside by the bound proof, so
+                # this changes no entry of one; NaN goes to 255 (ordered compares).
+                e = builder.select(builder.fcmp_ordered("<", e, top_v), e, top_v)
+                e = builder.select(builder.fcmp_ordered(">=", e, zero_v), e, zero_v)
+                halves.append(e)
             # One 16-lane conversion and narrowing per row (two 8-lane ones each
             # went through their own shuffle and a 64-bit store).
             x = builder.shuffle_vector(halves[0], halves[1],

@@ -618,6 +618,11 @@ def quantize_lut_into(lut, out_u8):
     for M <= FASTSCAN_MAX_M (eps = 2**-53). The left side is an integer, so it is <= A.
     With M <= 257 the first term of the min always binds (255 M <= A).
     All rows constant (R = 0): scale = 1 and every entry is 0 (sums are exact).
+
+    Whatever the values, nothing faults: the scale is always positive and finite (1
+    when the spans are NaN or infinite, which validated queries never give) and every
+    entry is clamped to [0, 255] before its conversion (NaN -> 255), so only the
+    meaning of the sums depends on finite input, never memory safety.
     """
     m = lut.shape[0]
     m2 = (m + 1) // 2
@@ -643,10 +648,11 @@ def quantize_lut_into(lut, out_u8):
         r = hi - lo
         rmax = max(rmax, r)
         rsum += r
+    scale = 1.0
     if rsum > 0.0:
-        scale = min(255.0 / rmax, (FASTSCAN_ACC_MAX - 0.5 * m) / rsum)
-    else:
-        scale = 1.0
+        s = min(255.0 / rmax, (FASTSCAN_ACC_MAX - 0.5 * m) / rsum)
+        if s > 0.0 and s < np.inf:    # False for NaN/inf spans: keep 1
+            scale = s
     _quantize_entries(lut, lows, scale, out_u8)
     for j in range(m, 2 * m2):
         for k in range(16):
@@ -655,7 +661,8 @@ def quantize_lut_into(lut, out_u8):
 
 
 def _quantize_entries(lut, lows, scale, out_u8):
-    """out_u8[j, k] = floor((float64(lut[j, k]) - lows[j]) * scale + 0.5); njit only."""
+    """out_u8[j, k] = floor((float64(lut[j, k]) - lows[j]) * scale + 0.5), clamped to
+    [0, 255] (NaN -> 255; the bound proof keeps finite tables inside); njit only."""
     raise NotImplementedError("_quantize_entries is only callable from Numba-compiled code")
 
 
@@ -674,7 +681,13 @@ def _ol_quantize_entries(lut, lows, scale, out_u8):
         for j in range(lut.shape[0]):
             lo = np.float64(lows[j])
             for k in range(16):
-                out_u8[j, k] = np.uint8(np.floor((np.float64(lut[j, k]) - lo) * scale + 0.5))
+                v = (np.float64(lut[j, k]) - lo) * scale + 0.5
+                # A float -> uint8 conversion out of range (or of NaN) is undefined.
+                if not v < 255.0:
+                    v = 255.0
+                if not v >= 0.0:
+                    v = 0.0
+                out_u8[j, k] = np.uint8(np.floor(v))
     return impl_loop
 
 
@@ -695,8 +708,10 @@ def _check_lut(lut, name, ndim):
     if arr.shape[-2] < 1 or arr.shape[-2] > FASTSCAN_MAX_M:
         raise ValueError(f"{name} must have 1 to {FASTSCAN_MAX_M} sub-quantizers (M); got "
                          f"{arr.shape[-2]}.")
-    from .._validation import check_vectors
-    flat = check_vectors(arr.reshape(-1, 16), name, d=16, owner="a 4-bit PQ table")
+    from .._validation import FLT_MAX, check_vectors
+    # Entries are distances, not vectors: any finite float32 quantizes (float64 spans).
+    flat = check_vectors(arr.reshape(-1, 16), name, d=16, owner="a 4-bit PQ table",
+                         max_abs=FLT_MAX)
     return flat.reshape(arr.shape)
 
 

@@ -189,13 +189,21 @@ def shared_scale(rmax, rsum, m):
     with this same value, and a smaller scale only loosens the bound. With s a float32,
     an entry floor(fl(fl(fl(x - lo) * s) + 0.5)) is at most r_j s + 0.5 + 5e-5 (three
     roundings of a value <= 255.5), which the 0.50005 per row absorbs.
+
+    Always a positive finite float32, whatever the spans: ``dequantize`` divides by it
+    (a zero scale from infinite spans raised ZeroDivisionError inside the prange
+    drivers, which crashed the process). Tables of finite float32 entries have spans
+    below 2 FLT_MAX, so s >= 255 / (2 FLT_MAX) or 65535 / (FASTSCAN_MAX_M * 2 FLT_MAX),
+    both normal float32; NaN or infinite spans (tables of queries the callers refuse)
+    get 1, meaningless keys and no fault.
     """
     if rsum > 0.0:
         s = min(255.0 / rmax, (FASTSCAN_ACC_MAX - _ROUND_SLACK * m) / rsum, _FLOAT32_MAX)
         s32 = np.float32(s)
         if np.float64(s32) > s:
             s32 = np.nextafter(s32, np.float32(0.0))
-        return np.float64(s32)
+        if s32 > 0.0:            # False for NaN too
+            return np.float64(s32)
     return 1.0
 
 

@@ -15,11 +15,11 @@ results; they differ only in how the work is split and how the top-k heaps are o
 * ``single``     -- for one query at a time: the probed lists are cut into equal runs of
   rows, prange over runs, each with its own heap, then one merge.
 
-``search_one`` is the one-query path in a single call: finiteness check, float32
-conversion, cosine normalisation, the coarse scan over the centroids, the list scan
-(serial, or the ``single`` plan when the probed rows are many) and the FAISS-convention
-result. Every step uses the same workers as the batch path, so the results are identical
-to searching the same row as a (1, d) batch.
+``search_one`` is the one-query path in a single call: value check (finite, within
+``value_limit``), float32 conversion, cosine normalisation, the coarse scan over the
+centroids, the list scan (serial, or the ``single`` plan when the probed rows are many)
+and the FAISS-convention result. Every step uses the same workers as the batch path, so
+the results are identical to searching the same row as a (1, d) batch.
 
 Keys are minimised: squared L2 distance, or the negated inner product (exact), with ties
 to the lower id (see ``topk``). The Python wrappers in ``numba_ivf.ivf.flat`` validate;
@@ -31,14 +31,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH
+from .._config import FASTMATH, VALUE_LIMIT_FACTOR
 from ._rowkeys import keys4_ip, keys4_l2, panelkeys_ip, panelkeys_l2
 from .topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
-           "scan_single", "normalize_rows_into", "coarse_few", "query_into", "search_one"]
+           "scan_single", "normalize_rows_into", "coarse_few", "query_into", "search_one",
+           "value_limit", "count_within"]
 
 _FM = set(FASTMATH)  # numba wants a set, not a frozenset
+_FLT_MAX = float(np.finfo(np.float32).max)
 
 METRIC_L2 = 0
 METRIC_IP = 1
@@ -302,19 +304,52 @@ def coarse_few(q, panels, nlist, metric, out_d, out_i):
         _coarse_one(q[qi], panels, nlist, metric, scores, out_d[qi], out_i[qi])
 
 
+# -- value checks: one rule for the general path and the one-query kernels ------------
+
+@njit(nogil=True, cache=True)
+def value_limit(d):
+    """sqrt(FLT_MAX / (VALUE_LIMIT_FACTOR * d)) in float64, the largest |value| of a
+    vector of d features (see ``_config``); the same IEEE operations as
+    ``_validation.value_limit``, so both paths draw the line at the same value."""
+    return np.sqrt(_FLT_MAX / np.float64(VALUE_LIMIT_FACTOR * d))
+
+
+@njit(nogil=True, cache=True)
+def count_within(flat, lim):
+    """How many of flat (1-D float32) have |v| <= lim (float32); NaN never does.
+
+    The check of ``_validation.check_vectors``: a compare-and-add loop that vectorises,
+    one pass and no temporary (np.isfinite(x).all() writes a bool array first; measured
+    ~0.75x its time at 100k x 128).
+    """
+    c = 0
+    for i in range(flat.shape[0]):
+        c += np.int64(abs(flat[i]) <= lim)
+    return c
+
+
 # -- one query, one call ------------------------------------------------------------
 
 @njit(nogil=True, cache=True)
 def query_into(q, unit, qf):
     """qf = float32(q), normalised if ``unit`` (cosine), as the batch path prepares a
-    query (float32 first, then ``_unit_row``); False, qf untouched, if q holds NaN or
-    infinity. q (d,) float32 or float64."""
+    query (float32 first, then ``_unit_row``); False (qf then unspecified) if an entry
+    is NaN, infinite or, as float32, beyond ``value_limit(d)``: the general path's rule.
+    q (d,) float32 or float64.
+
+    One branch-free loop converts and counts the entries within the limit, so it
+    vectorises: measured 2-3x faster than the finiteness loop with an early exit it
+    replaced (d=64: 20 vs 46 ns; d=784: 123 vs 401 ns).
+    """
     d = q.shape[0]
+    lim = value_limit(d)
+    ok = 0
     for t in range(d):
-        if not np.isfinite(q[t]):
-            return False
-    for t in range(d):
-        qf[t] = np.float32(q[t])
+        v = np.float32(q[t])
+        qf[t] = v
+        ok += np.int64(abs(np.float64(v)) <= lim)   # False for NaN
+    if ok != d:
+        return False
     if unit:
         _unit_row(qf, qf)
     return True
@@ -323,7 +358,8 @@ def query_into(q, unit, qf):
 @njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
 def search_one(q, panels, data, ids, starts, sizes, metric, unit, nprobe, min_run,
                max_runs, out_d, out_i):
-    """Search one query end to end; returns False, writing nothing, if q is not finite.
+    """Search one query end to end; returns False, writing nothing, if q holds NaN,
+    inf or a value beyond ``value_limit(d)`` (the caller's general path raises).
 
     q (d,) float32 or float64, C-contiguous; panels the centroid panels
     (``assign.prepare_centroids``); unit: normalise q first (cosine); nprobe <= nlist.

@@ -8,7 +8,8 @@ whole serial search path runs in one call, step by step with the very workers th
 general path uses, so its results are bit-identical to ``IVFPQ.search`` of the same row
 as a (1, d) batch:
 
-1. ``list_scan.query_into``: finiteness check, float32, cosine normalisation;
+1. ``list_scan.query_into``: value check (finite, within ``list_scan.value_limit``),
+   float32, cosine normalisation;
 2. ``list_scan.coarse_one_query``: the GEMV coarse step over the centroid panels (the
    general path's for a few queries), split over threads when the centroids are many
    (as IVFFlat's one-query kernel: the same keys either way); its keys are the lists' ``base`` (squared
@@ -19,7 +20,8 @@ as a (1, d) batch:
 5. with refine, ``refine.refine_rows`` (4-bit: the rows the scan kept; 8-bit: rows
    looked up from the ids, ``refine.rows_of_ids``); then ``topk.to_faiss``.
 
-Status codes: ``DONE``; ``NOT_FINITE`` (the caller raises through the general path);
+Status codes: ``DONE``; ``NOT_FINITE`` (NaN, inf or beyond the value limit: the caller
+raises through the general path);
 ``TOO_BIG`` when the probed lists hold ``max_rows`` codes or more, where the general
 path splits the scan over threads (checked after the coarse step, before any scan).
 """
