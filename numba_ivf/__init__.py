@@ -8,6 +8,8 @@ compiles anything; kernels compile on first use and are cached on disk):
 - ``IVFFlat(d, nlist, metric="l2")``, ``IVFPQ(d, nlist, m, nbits=8, ...)``,
   ``ProductQuantizer(d, m, nbits=8)``, ``load(path, mmap=False)``
 - ``set_num_threads(n)``, ``get_num_threads()``, ``threads(n)`` (context manager)
+- ``threading_layer()``: Numba's threading layer in use (tbb, omp or workqueue; see
+  ``docs/threading.md``, override with the ``NUMBA_THREADING_LAYER`` environment variable)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ _LAZY = {
     "set_num_threads": "numba_ivf._threads",
     "get_num_threads": "numba_ivf._threads",
     "threads": "numba_ivf._threads",
+    "threading_layer": "numba_ivf._threads",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]
