@@ -24,7 +24,8 @@ def run_demo(n: int = 50_000, d: int = 64, k: int = 256, seed: int = 0) -> int:
     from numba_ivf.datasets import ground_truth, make_synthetic
 
     print(f"numba_ivf {numba_ivf.__version__} demo: numba {numba.__version__}, "
-          f"{numba.get_num_threads()} threads")
+          f"{numba_ivf.get_num_threads()} threads, threading layer "
+          f"{numba_ivf.threading_layer()}")
     t0 = time.perf_counter()
     ds = make_synthetic(n=n, nq=1000, d=d, n_clusters=100, seed=seed)
     x, q = ds.base, ds.queries

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from ._config import KMEANS_BOUND_SLACK, KMEANS_PARALLEL_MIN_FLOP, KMEANS_SPLIT_EPS
-from ._threads import threads
+from ._threads import serialized_launches, threads
 from ._validation import METRICS, check_choice, check_int, check_vectors
 from .kernels import assign as _assign
 from .kernels.kmeans_update import centroid_sums, own_sqdist, update_min_sqdist
@@ -127,6 +127,7 @@ class KMeans:
         return k
 
     # ----------------------------------------------------------------- fit
+    @serialized_launches
     def fit(self, x, init_centroids=None) -> "KMeans":
         """Cluster the rows of ``x``.
 

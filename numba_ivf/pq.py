@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._config import PQ_VALUE_LIMIT_FACTOR
+from ._threads import serialized_launches
 from ._validation import check_choice, check_int, check_vectors, value_limit
 from .kernels import assign as _assign
 from .kernels.pq_encode import pq_decode, pq_distance_tables
@@ -84,6 +85,7 @@ class ProductQuantizer:
         return f"ProductQuantizer(d={self.d}, m={self.m}, nbits={self.nbits})"
 
     # ------------------------------------------------------------------ training
+    @serialized_launches
     def train(self, x, *, n_iter: int = 25, seed: int | None = 1234,
               max_points_per_centroid: int | None = 256, verbose: bool = False) -> None:
         """Train one k-means codebook per sub-space on the rows of ``x`` (n, d).
@@ -141,6 +143,7 @@ class ProductQuantizer:
             raise RuntimeError(f"{self!r} is not trained; call train(x) first.")
 
     # ------------------------------------------------------------------ codes
+    @serialized_launches
     def encode(self, x) -> np.ndarray:
         """Codes (n, m) uint8 of the rows of ``x``: nearest centroid per sub-space."""
         self._check_trained()
@@ -157,6 +160,7 @@ class ProductQuantizer:
             codes[:, j] = _assign.assign_prepared(sub, self._prepared[j])[0]
         return codes
 
+    @serialized_launches
     def decode(self, codes) -> np.ndarray:
         """Reconstructions (n, d) float32 of codes (n, m)."""
         self._check_trained()

@@ -80,7 +80,7 @@ def _run_threads(n, target, seconds):
 def test_concurrent_searches_equal_serial(trained, data):
     kind, index = trained
     x, q = data
-    index.add(x[:3000])
+    index.add(x[:3000], ids=np.arange(3000))
     try:
         want = [_search(index, q[i:i + 1], kind) for i in range(len(q))]
         want_batch = _search(index, q, kind)
@@ -193,7 +193,7 @@ def test_mutation_during_search_rows_well_formed(trained, data):
 def test_save_while_searching(trained, data, tmp_path):
     kind, index = trained
     x, q = data
-    index.add(x[:500])
+    index.add(x[:500], ids=np.arange(500))
     try:
         want = _search(index, q, kind)
 
@@ -286,7 +286,7 @@ def test_empty_batch_with_refine_has_k_columns(data):
     x, _ = data
     index = numba_ivf.IVFPQ(D, NLIST, m=8, nbits=4, refine=True)
     index.train(x[:2000])
-    index.add(x[:100])
+    index.add(x[:100], ids=np.arange(100))
     d, ids = index.search(np.zeros((0, D), np.float32), 5, k_factor=8)
     assert d.shape == (0, 5) and ids.shape == (0, 5)
 
@@ -296,7 +296,7 @@ def test_deepcopy_and_pickle_get_their_own_lock(trained, data):
     import pickle
     kind, index = trained
     x, q = data
-    index.add(x[:300])
+    index.add(x[:300], ids=np.arange(300))
     try:
         want = _search(index, q, kind)
         for clone in (copy.deepcopy(index), pickle.loads(pickle.dumps(index))):

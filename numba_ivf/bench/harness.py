@@ -522,6 +522,8 @@ def _measure(runner: _Runner, queries: np.ndarray, gt: np.ndarray, params: dict,
 def _set_threads(threads: int, notes: list) -> int:
     numba = _try_import("numba")
     if numba is not None:
+        from .. import _threads  # noqa: F401 - chooses the threading layer before the pool starts
+
         limit = numba.config.NUMBA_NUM_THREADS
         if threads > limit:
             notes.append(f"numba is limited to NUMBA_NUM_THREADS={limit} threads; "

@@ -20,6 +20,8 @@ import os
 import threading
 import weakref
 
+from .._threads import launch_guard
+
 __all__ = ["RWLock", "reading", "writing"]
 
 _LOCKS: "weakref.WeakSet[RWLock]" = weakref.WeakSet()
@@ -96,22 +98,31 @@ if hasattr(os, "register_at_fork"):
 
 
 def reading(method):
-    """Run an index method under its read lock (``self._rw``)."""
+    """Run an index method under its read lock (``self._rw``), and under the kernel
+    launch lock where the threading layer needs one (``_threads.launch_guard``)."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        guard = launch_guard()
         lock = self._rw
         lock.acquire_read()
         try:
-            return method(self, *args, **kwargs)
+            if guard is None:
+                return method(self, *args, **kwargs)
+            with guard:
+                return method(self, *args, **kwargs)
         finally:
             lock.release_read()
     return wrapper
 
 
 def writing(method):
-    """Run an index method under its write lock (``self._rw``)."""
+    """Run an index method under its write lock (``self._rw``) and the launch guard."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
+        guard = launch_guard()
         with self._rw.write():
-            return method(self, *args, **kwargs)
+            if guard is None:
+                return method(self, *args, **kwargs)
+            with guard:
+                return method(self, *args, **kwargs)
     return wrapper

@@ -27,6 +27,7 @@ from .._config import (ASSIGN_MR, ASSIGN_NR, ASSIGN_TILE_BYTES, ASSIGN_TILE_MAX,
                        ASSIGN_TILE_MIN, ASSIGN_TILES_PER_THREAD,
                        ASSIGN_TOPK_CUT_STEPS, ASSIGN_TOPK_SCORE_BYTES,
                        ASSIGN_TOPK_SCORES_MIN_P, FASTMATH)
+from .._threads import serialized_launches
 from .._validation import check_choice, check_int, check_metric, check_vectors
 from ._microkernel import dot_block
 
@@ -331,6 +332,7 @@ def _threads() -> int:
     return numba.get_num_threads()
 
 
+@serialized_launches
 def assign_nearest(x, centroids, metric: str = "l2", variant: str = "tiled"):
     """Assign each row of ``x`` to its nearest centroid.
 
@@ -404,6 +406,7 @@ def topk_prepared(x: np.ndarray, prepared: CentroidPanels, p: int,
                       bool(score_block))
 
 
+@serialized_launches
 def coarse_topk(q, centroids, nprobe: int, metric: str = "l2"):
     """The ``nprobe`` nearest centroids of each query, best first.
 
