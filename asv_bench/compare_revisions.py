@@ -57,6 +57,7 @@ for kind, fn in calls.items():
         ts.append(time.perf_counter() - t0)
     out[f"{kind} batch"] = len(q) / float(np.median(tb))
     out[f"{kind} one-query"] = 300 / float(np.median(ts))
+out["module"] = numba_ivf.__file__
 print(json.dumps(out))
 """
 
@@ -78,12 +79,16 @@ def main():
         subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(tree),
                         rev], check=True, capture_output=True)
         trees[rev] = tree
-    env_base = {**os.environ, "NUMBA_THREADING_LAYER": a.layer}
+    # Older revisions do not preload pip's TBB themselves: let Numba's loader find it.
+    env_base = {**os.environ, "NUMBA_THREADING_LAYER": a.layer,
+                "LD_LIBRARY_PATH": os.pathsep.join(
+                    filter(None, [str(Path(sys.prefix, "lib")),
+                                  os.environ.get("LD_LIBRARY_PATH")]))}
     try:
         for rev, tree in trees.items():
             env = {**env_base, "PYTHONPATH": str(tree)}
             subprocess.run([sys.executable, "-c", _CHILD, a.data, a.dataset, str(tree), "1"],
-                           env=env, check=True)
+                           env=env, check=True, cwd=tree)
         results = {rev: [] for rev in trees}
         for r in range(a.rounds):
             order = list(trees) if r % 2 == 0 else list(trees)[::-1]
@@ -91,10 +96,14 @@ def main():
                 env = {**env_base, "PYTHONPATH": str(trees[rev])}
                 p = subprocess.run([sys.executable, "-c", _CHILD, a.data, a.dataset,
                                     str(trees[rev]), "0"], env=env, check=True,
-                                   capture_output=True, text=True)
+                                   capture_output=True, text=True, cwd=trees[rev])
                 results[rev].append(json.loads(p.stdout.strip().splitlines()[-1]))
         print(f"{a.dataset}, layer {a.layer}, {a.rounds} rounds (QPS, median over rounds)")
         print(f"{'':>16} {a.old[:10]:>10} {a.new[:10]:>10} {'new/old':>8}")
+        for rev in trees:
+            print(f"{rev}: {results[rev][0].pop('module')}")
+            for res in results[rev][1:]:
+                res.pop("module")
         for key in results[a.old][0]:
             o = float(np.median([res[key] for res in results[a.old]]))
             n = float(np.median([res[key] for res in results[a.new]]))
