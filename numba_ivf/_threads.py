@@ -184,18 +184,19 @@ def launch_lock() -> Iterator[None]:
     re-entrant lock. Before the pool has started, the layer is not known yet and the
     lock is held: only the first calls can be serialized needlessly.
     """
-    check_fork_safe()
-    if _launched_layer() in _THREAD_SAFE_LAYERS:
+    guard = launch_guard()
+    if guard is None:
         yield
         return
-    with _workqueue_lock:
+    with guard:
         yield
 
 
 def launch_guard():
     """What an index method must hold around its kernels: None on a thread-safe layer,
     else the process-wide launch lock. Raises as :func:`check_fork_safe` does. The
-    cheap form of :func:`launch_lock` for the index classes' per-call wrappers."""
+    one rule behind :func:`launch_lock`, :func:`serialized_launches` and the index
+    classes' per-call wrappers."""
     if _forked_after_gnu_omp:
         check_fork_safe()
     if _parallel._is_initialized and _parallel._threading_layer in _THREAD_SAFE_LAYERS:

@@ -16,6 +16,7 @@ import pytest
 
 import numba_ivf
 from numba_ivf.ivf._rwlock import RWLock
+from numba_ivf.ivf.base import MAX_ID
 
 D = 16
 NLIST = 8
@@ -53,22 +54,26 @@ def _search(index, q, kind, **kw):
     return index.search(q, K, nprobe=3, **kw)
 
 
-def _run_threads(n, target, seconds):
-    """Run ``target(stop_event)`` in n threads; re-raise the first error."""
+def _run_threads(targets, seconds, done=lambda: True, max_seconds=30):
+    """Run each ``target(stop_event)`` in a thread of its own for at least ``seconds``,
+    then until ``done()`` (at most ``max_seconds``); re-raise the first error."""
     stop = threading.Event()
     errors = []
 
-    def body():
+    def body(target):
         try:
             target(stop)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
             stop.set()
 
-    threads = [threading.Thread(target=body, daemon=True) for _ in range(n)]
+    threads = [threading.Thread(target=body, args=(t,), daemon=True) for t in targets]
     for t in threads:
         t.start()
-    time.sleep(seconds)
+    t0 = time.perf_counter()
+    while not stop.is_set() and time.perf_counter() - t0 < max_seconds and (
+            time.perf_counter() - t0 < seconds or not done()):
+        time.sleep(0.05)
     stop.set()
     for t in threads:
         t.join(timeout=60)
@@ -97,7 +102,7 @@ def test_concurrent_searches_equal_serial(trained, data):
                         d, ids = _search(index, q, kind)
                         np.testing.assert_array_equal(ids, want_batch[1])
 
-        _run_threads(4, body, 1.5)
+        _run_threads([body] * 4, 1.5)
     finally:
         index.remove(np.arange(3000))
 
@@ -158,35 +163,12 @@ def test_mutation_during_search_rows_well_formed(trained, data):
             _check_rows(kind, x, qq, d, ids, ever)
             counts["searches"] += 1
 
-    stop = threading.Event()
-    errors = []
-
-    def guard(fn):
-        def run():
-            try:
-                fn(stop)
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
-                stop.set()
-        return run
-
-    threads = [threading.Thread(target=guard(writer), daemon=True)] + \
-        [threading.Thread(target=guard(reader), daemon=True) for _ in range(3)]
-    for t in threads:
-        t.start()
     # At least 2 s and enough of both kinds of call, at most 30 s.
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < 30 and not stop.is_set() and (
-            time.perf_counter() - t0 < 2 or counts["mutations"] < 10
-            or counts["searches"] < 50):
-        time.sleep(0.05)
-    stop.set()
-    for t in threads:
-        t.join(timeout=60)
-        assert not t.is_alive()
-    index.remove(ever)
-    if errors:
-        raise errors[0]
+    try:
+        _run_threads([writer] + [reader] * 3, 2.0,
+                     done=lambda: counts["mutations"] >= 10 and counts["searches"] >= 50)
+    finally:
+        index.remove(ever)
     assert counts["mutations"] >= 10 and counts["searches"] >= 50, counts
 
 
@@ -202,7 +184,7 @@ def test_save_while_searching(trained, data, tmp_path):
                 d, ids = _search(index, q, kind)
                 np.testing.assert_array_equal(ids, want[1])
 
-        t = threading.Thread(target=_run_threads, args=(2, body, 1.0))
+        t = threading.Thread(target=_run_threads, args=([body] * 2, 1.0))
         t.start()
         for i in range(3):
             index.save(tmp_path / f"i{i}.nivf")
@@ -266,7 +248,8 @@ def test_ids_limits(data):
     x, _ = data
     index = numba_ivf.IVFFlat(D, NLIST)
     index.train(x[:2000])
-    top = numba_ivf.IVFFlat.MAX_ID if hasattr(numba_ivf.IVFFlat, "MAX_ID") else 2**63 - 2
+    top = MAX_ID
+    assert top == 2**63 - 2
     with pytest.raises(ValueError, match="at most 9223372036854775806"):
         index.add(x[:1], ids=np.array([2**63 - 1]))
     with pytest.raises(ValueError, match="at most"):

@@ -12,8 +12,8 @@ One query per call is dominated by Python overhead (a full validation costs more
 scanning a few lists), so ``_one_query`` recognises the common case -- one C-contiguous
 float32/float64 row, plain int ``k`` and ``nprobe`` -- with a handful of cheap checks, and
 a subclass hands it to a single fused kernel that also checks the values (finite,
-within the value limit). Anything else,
-including every error, takes the general path and its messages.
+within the value limit). Anything else, including every error, takes the general path
+and its messages.
 """
 
 from __future__ import annotations
@@ -301,10 +301,9 @@ class IVFBase:
         if arr.dtype.kind not in "iu" or arr.ndim != 1:
             raise TypeError(f"ids must be an integer or a 1-D array of integers; got "
                             f"dtype {arr.dtype} and shape {arr.shape}.")
-        if arr.dtype.kind == "u":
-            arr = arr[arr <= np.iinfo(np.int64).max]
-        arr = np.ascontiguousarray(arr, dtype=np.int64)
-        arr = arr[(arr >= 0) & (arr <= MAX_ID)]
+        # No stored id is negative or above MAX_ID; filtering before the cast also
+        # keeps uint64 ids past int64 from wrapping round.
+        arr = np.ascontiguousarray(arr[(arr >= 0) & (arr <= MAX_ID)], dtype=np.int64)
         return self._lists.remove(arr)
 
     @reading
@@ -334,8 +333,8 @@ class IVFBase:
         Eligible: a trained index, ``q`` an ndarray of dtype float32 or float64 with shape
         (d,) or (1, d) and C-contiguous, ``k`` and ``nprobe`` Python ints >= 1. ``row``
         is a (d,) view of q (not checked for NaN/inf or the value limit: the fast kernel
-        does that and the
-        caller falls back to the general path, which raises). nprobe is clamped to nlist.
+        does that and the caller falls back to the general path, which raises). nprobe
+        is clamped to nlist.
         """
         if (type(q) is not np.ndarray or type(k) is not int or type(nprobe) is not int
                 or k < 1 or nprobe < 1 or self._centroids is None):
