@@ -7,6 +7,7 @@ compiles anything; kernels compile on first use and are cached on disk):
 - ``KMeans(n_clusters, ...)``
 - ``IVFFlat(d, nlist, metric="l2")``, ``IVFPQ(d, nlist, m, nbits=8, ...)``,
   ``ProductQuantizer(d, m, nbits=8)``, ``load(path, mmap=False)``
+- ``IDFilter``: allowed ids for ``search(..., filter=...)`` and ``range_search``
 - ``set_num_threads(n)``, ``get_num_threads()``, ``threads(n)`` (context manager)
 - ``threading_layer()``: Numba's threading layer in use (tbb, omp or workqueue; see
   ``docs/threading.md``, override with the ``NUMBA_THREADING_LAYER`` environment variable)
@@ -25,6 +26,7 @@ _LAZY = {
     "KMeans": "numba_ivf.kmeans",
     "IVFFlat": "numba_ivf.ivf.flat",
     "IVFPQ": "numba_ivf.ivf.pq",
+    "IDFilter": "numba_ivf.filters",
     "ProductQuantizer": "numba_ivf.pq",
     "load": "numba_ivf.ivf._load",
     "set_num_threads": "numba_ivf._threads",

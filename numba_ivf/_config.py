@@ -184,3 +184,19 @@ VALUE_LIMIT_FACTOR = 32
 # A ProductQuantizer is trained on (and encodes) residuals x - c of vectors within the
 # limit, so it accepts twice the limit: its own sums ||v - cb||^2 <= d (4B)^2 = 16dB^2.
 PQ_VALUE_LIMIT_FACTOR = 2
+
+# -- filtered search ------------------------------------------------------------------
+# A probed list whose allowed rows are fewer than this fraction of its rows is scanned
+# sparsely: only the set bits of its row bitmap are visited (one key at a time), instead
+# of every row scored and the allowed ones admitted.
+FILTER_SPARSE_FRACTION = 0.25
+# A filtered search probes lists in coarse order past nprobe until the allowed rows it
+# has covered reach FILTER_MIN_CANDIDATES_FACTOR * k (the default of min_candidates).
+FILTER_MIN_CANDIDATES_FACTOR = 10
+# When a filter allows at most FILTER_EXACT_ROWS_PER_LIST * nlist live rows, an index
+# with stored vectors (IVFFlat, refine) searches exactly over them (no coarse step):
+# the coarse step alone costs nlist dot products.
+FILTER_EXACT_ROWS_PER_LIST = 1.0
+# Per-query filters are turned into bitmaps for at most this many bytes at a time;
+# a larger batch is searched in chunks of queries.
+FILTER_BITMAP_MAX_BYTES = 256 * 1024 * 1024

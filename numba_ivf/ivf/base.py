@@ -23,7 +23,8 @@ import os
 import numba
 import numpy as np
 
-from .._config import IVF_COARSE_SCAN_MAX_QUERIES
+from .._config import (FILTER_BITMAP_MAX_BYTES, FILTER_EXACT_ROWS_PER_LIST,
+                       FILTER_MIN_CANDIDATES_FACTOR, IVF_COARSE_SCAN_MAX_QUERIES)
 from .._validation import check_int, check_metric, check_vectors
 from ..kernels.topk import ID_SENTINEL
 from ._lists import InvertedLists
@@ -346,6 +347,122 @@ class IVFBase:
         if q.ndim != 1 or q.shape[0] != self._d:
             return None
         return q, k, min(nprobe, self._nlist)
+
+    # -- filtered search --------------------------------------------------------------
+    def _filter_args(self, k, nprobe, min_candidates, max_nprobe):
+        """(need, max_nprobe) of a filtered search, checked: need >= k allowed rows
+        covered, at most max_nprobe (<= nlist, >= nprobe) lists probed."""
+        need = FILTER_MIN_CANDIDATES_FACTOR * k if min_candidates is None else \
+            check_int("min_candidates", min_candidates, min_value=1)
+        if max_nprobe is None:
+            maxp = self._nlist
+        else:
+            maxp = min(check_int("max_nprobe", max_nprobe, min_value=1), self._nlist)
+            if maxp < nprobe:
+                raise ValueError(f"max_nprobe must be >= nprobe; got max_nprobe="
+                                 f"{max_nprobe} and nprobe={nprobe}.")
+        return max(need, k), maxp
+
+    def _exact_queries(self, rf) -> np.ndarray:
+        """Which queries a filtered search answers exactly over their allowed rows
+        (their filter allows at most FILTER_EXACT_ROWS_PER_LIST * nlist rows)."""
+        limit = FILTER_EXACT_ROWS_PER_LIST * self._nlist
+        return rf.n_allowed[rf.fslot] <= limit
+
+    def _filtered_probes(self, q, rf, nprobe, need, max_nprobe):
+        """Coarse step of a filtered search: (scores, probes) of shape (nq, w), in
+        coarse order and -1 padded, holding only lists with an allowed row: those among
+        the nprobe nearest, then the next ones until the allowed rows covered reach
+        ``need`` (or max_nprobe lists were looked at).
+
+        The coarse top-p is first taken for an estimate of p from the filter's
+        selectivity (twice the lists that hold ``need`` allowed rows on average), and
+        again with p = max_nprobe for the queries that fell short.
+        """
+        from ..kernels.filter_bits import trim_probes
+        nq = q.shape[0]
+        lo = max(int(rf.n_allowed.min()), 1) if rf.n_allowed.size else 1
+        est = int(np.ceil(2.0 * need * self._nlist / lo))
+        p1 = min(max_nprobe, max(nprobe, est))
+        scores, probes = self._coarse(q, p1)
+        probes = np.ascontiguousarray(probes, dtype=np.int64)
+        scores = np.ascontiguousarray(scores, dtype=np.float32)
+        out = np.empty_like(probes)
+        out_s = np.empty_like(scores)
+        covered = np.empty(nq, dtype=np.int64)
+        w = trim_probes(probes, scores, rf.fcount, rf.fslot, nprobe, need, out, out_s,
+                        covered)
+        if p1 < max_nprobe:
+            short = np.flatnonzero((covered < need) & (covered < rf.n_allowed[rf.fslot]))
+            if short.size:
+                s2, p2 = self._coarse(np.ascontiguousarray(q[short]), max_nprobe)
+                p2 = np.ascontiguousarray(p2, dtype=np.int64)
+                s2 = np.ascontiguousarray(s2, dtype=np.float32)
+                o2 = np.empty_like(p2)
+                o2s = np.empty_like(s2)
+                w2 = trim_probes(p2, s2, rf.fcount, rf.fslot[short], nprobe, need, o2,
+                                 o2s, covered[short])
+                width = max(w, w2)
+                full = np.full((nq, width), -1, dtype=np.int64)
+                full_s = np.zeros((nq, width), dtype=np.float32)
+                full[:, :w] = out[:, :w]
+                full_s[:, :w] = out_s[:, :w]
+                full[short] = o2[:, :width]     # -1 / 0 past w2
+                full_s[short] = o2s[:, :width]
+                return full_s, full
+        w = max(w, 1)
+        return np.ascontiguousarray(out_s[:, :w]), np.ascontiguousarray(out[:, :w])
+
+    def _search_filtered(self, q, k, nprobe, filter, min_candidates, max_nprobe, scan,
+                         exact, out_d, out_i):
+        """Filtered search of the (checked, prepared) queries q into (out_d, out_i),
+        minimised keys with ID_SENTINEL padding.
+
+        ``scan(q, scores, probes, rf)`` and ``exact(q, probes, rf)`` return (keys, ids)
+        of shape (len(q), k) for a subset of the queries (rf's ``fslot`` cut to it);
+        ``exact`` is None for an index without stored vectors. Queries whose filter
+        allows few rows (``_exact_queries``) take ``exact`` with every list that holds
+        an allowed row; the others probe as ``_filtered_probes`` says. Per-query filters
+        are turned into bitmaps FILTER_BITMAP_MAX_BYTES at a time.
+        """
+        from ..filters import PerQueryFilter, RowFilter, as_filter, bitmap_bytes, prepare
+        nq = q.shape[0]
+        spec = as_filter(filter, nq)
+        need, maxp = self._filter_args(k, nprobe, min_candidates, max_nprobe)
+        step = nq
+        if isinstance(spec, PerQueryFilter):
+            step = max(1, FILTER_BITMAP_MAX_BYTES // bitmap_bytes(self._lists, 1))
+        for lo in range(0, nq, step):
+            hi = min(nq, lo + step)
+            rf = prepare(spec.sub(lo, hi) if isinstance(spec, PerQueryFilter) else spec,
+                         self._lists, hi - lo)
+            ex = self._exact_queries(rf) if exact is not None else \
+                np.zeros(hi - lo, dtype=bool)
+            for sel, is_exact in ((~ex, False), (ex, True)):
+                idx = np.flatnonzero(sel)
+                if not idx.size:
+                    continue
+                whole = idx.size == hi - lo
+                qs = q[lo:hi] if whole else np.ascontiguousarray(q[lo + idx])
+                sub = rf if whole else RowFilter(rf.fbits, rf.fcount,
+                                                 np.ascontiguousarray(rf.fslot[idx]),
+                                                 rf.n_allowed)
+                if is_exact:
+                    d, i = exact(qs, self._allowed_probes(sub, idx.size), sub)
+                else:
+                    scores, probes = self._filtered_probes(qs, sub, nprobe, need, maxp)
+                    d, i = scan(qs, scores, probes, sub)
+                if whole:
+                    out_d[lo:hi], out_i[lo:hi] = d, i
+                else:
+                    out_d[lo + idx], out_i[lo + idx] = d, i
+
+    def _allowed_probes(self, rf, nq):
+        """Probes of an exact filtered search: every list with an allowed row."""
+        from ..kernels.filter_bits import allowed_lists
+        probes = np.empty((nq, self._nlist), dtype=np.int64)
+        w = allowed_lists(rf.fcount, rf.fslot, probes)
+        return np.ascontiguousarray(probes[:, :max(w, 1)])
 
     def _finish(self, keys: np.ndarray, ids: np.ndarray):
         """Minimised keys + sentinel ids -> FAISS-convention (D, I), in place."""

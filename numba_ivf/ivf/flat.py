@@ -19,6 +19,7 @@ from .._config import (
 )
 from .._validation import check_choice
 from ..kernels import list_scan
+from ..kernels._bits import no_filter
 from ._lists import InvertedLists
 from ._load import register_kind
 from ._rwlock import reading
@@ -85,7 +86,8 @@ class IVFFlat(IVFBase):
 
     # -- search ----------------------------------------------------------------------
     @reading
-    def search(self, q, k: int, nprobe: int = 1, *, path: str = "auto"):
+    def search(self, q, k: int, nprobe: int = 1, *, filter=None, min_candidates=None,
+               max_nprobe=None, path: str = "auto"):
         """The k nearest stored vectors of each query, among its nprobe nearest lists.
 
         Parameters
@@ -96,6 +98,22 @@ class IVFFlat(IVFBase):
             Results per query (>= 1); may exceed the index size (padded).
         nprobe : int, default 1
             Lists scanned per query (>= 1); values above nlist are clamped to nlist.
+            With a filter, the least number of lists looked at (see below).
+        filter : optional
+            Which ids may be returned (see :mod:`numba_ivf.filters`): a boolean mask
+            indexed by id, an integer array of allowed ids, an :class:`~numba_ivf.IDFilter`,
+            or one of these per query (a sequence of nq, or ``IDFilter.per_query``).
+            Lists without an allowed row are not read. A filter that allows at most
+            ``FILTER_EXACT_ROWS_PER_LIST * nlist`` stored rows is searched exactly
+            over those rows.
+        min_candidates : int, optional
+            Filtered search only: after the nprobe nearest lists, further lists are
+            probed in coarse order until they hold this many allowed rows (default
+            ``FILTER_MIN_CANDIDATES_FACTOR * k`` = 10 k; at least k), so that a
+            restrictive filter still returns k results of good recall.
+        max_nprobe : int, optional
+            Filtered search only: at most this many lists are looked at (default
+            nlist: k results come back whenever k allowed vectors are stored).
         path : {"auto", "batch", "list_major", "single"}, default "auto"
             Scan plan; all give identical results. "batch": parallel over queries;
             "list_major": parallel over groups of queries, each list read once per group
@@ -116,7 +134,8 @@ class IVFFlat(IVFBase):
         the same row searched as a batch; it uses one thread unless the probed lists
         hold many rows (``IVF_ONE_QUERY_MIN_RUN`` in ``_config``).
         """
-        if path == "auto" or path == "single":
+        if (path == "auto" or path == "single") and filter is None and \
+                min_candidates is None and max_nprobe is None:
             one = self._one_query(q, k, nprobe)
             if one is not None:
                 out = self._search_one(*one)
@@ -128,12 +147,29 @@ class IVFFlat(IVFBase):
         nq = q.shape[0]
         out_d = np.empty((nq, k), dtype=np.float32)
         out_i = np.empty((nq, k), dtype=np.int64)
+        if filter is not None or min_candidates is not None or max_nprobe is not None:
+            if filter is None:
+                raise ValueError("min_candidates and max_nprobe apply only to a filtered "
+                                 "search (filter=...).")
+
+            def scan(qs, scores, probes, rf):
+                dd = np.empty((qs.shape[0], k), dtype=np.float32)
+                ii = np.empty((qs.shape[0], k), dtype=np.int64)
+                p = self._choose_path(qs.shape[0], probes.shape[1]) if path == "auto" \
+                    else path
+                self._scan(p, qs, probes, dd, ii, rf.arrays())
+                return dd, ii
+
+            self._search_filtered(q, k, nprobe, filter, min_candidates, max_nprobe, scan,
+                                  lambda qs, probes, rf: scan(qs, None, probes, rf),
+                                  out_d, out_i)
+            return self._finish(out_d, out_i)
         if nq:
             _, probes = self._coarse(q, nprobe)
             probes = np.ascontiguousarray(probes, dtype=np.int64)
             if path == "auto":
                 path = self._choose_path(nq, nprobe)
-            self._scan(path, q, probes, out_d, out_i)
+            self._scan(path, q, probes, out_d, out_i, no_filter())
         return self._finish(out_d, out_i)
 
     def _search_one(self, q, k, nprobe):
@@ -165,36 +201,34 @@ class IVFFlat(IVFBase):
         return "batch"
 
     @staticmethod
-    def _scan_single(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
-        rows = int(sizes[probes].sum()) // max(probes.shape[0], 1)
+    def _scan_single(q, data, ids, starts, sizes, probes, flt, metric, out_d, out_i):
+        rows = int(sizes[probes[probes >= 0]].sum()) // max(probes.shape[0], 1)
         # Work in units of IVF_SINGLE_MIN_RUN rows of 64 features.
         n_runs = min(rows * max(data.shape[1], 64) // (64 * IVF_SINGLE_MIN_RUN),
                      _n_threads() * IVF_SINGLE_RUNS_PER_THREAD)
         if n_runs <= 1:  # too little work to pay for waking the other threads
-            list_scan.scan_serial(q, data, ids, starts, sizes, probes, metric, out_d,
-                                  out_i)
-        else:
-            list_scan.scan_single(q, data, ids, starts, sizes, probes, metric, n_runs,
+            list_scan.scan_serial(q, data, ids, starts, sizes, probes, *flt, metric,
                                   out_d, out_i)
+        else:
+            list_scan.scan_single(q, data, ids, starts, sizes, probes, *flt, metric,
+                                  n_runs, out_d, out_i)
 
-    def _scan(self, path, q, probes, out_d, out_i):
+    def _scan(self, path, q, probes, out_d, out_i, flt):
+        """Fill (out_d, out_i) over the probed lists; flt = (fbits, fcount, fslot)."""
         L = self._lists
         data = L.payload["data"]
         metric = self._metric_code
         if path == "batch":
-            list_scan.scan_batch(q, data, L.ids, L.starts, L.sizes, probes, metric,
+            list_scan.scan_batch(q, data, L.ids, L.starts, L.sizes, probes, *flt, metric,
                                  out_d, out_i)
         elif path == "single":
-            self._scan_single(q, data, L.ids, L.starts, L.sizes, probes, metric, out_d,
-                              out_i)
+            self._scan_single(q, data, L.ids, L.starts, L.sizes, probes, flt, metric,
+                              out_d, out_i)
         else:
-            self._scan_list_major(q, probes, metric, out_d, out_i)
-
-    def _scan_list_major(self, q, probes, metric, out_d, out_i):
-        L = self._lists
-        n_groups = max(1, min(q.shape[0], IVF_LIST_MAJOR_GROUPS_PER_THREAD * _n_threads()))
-        list_scan.scan_list_major(q, L.payload["data"], L.ids, L.starts, L.sizes, probes,
-                                  n_groups, metric, out_d, out_i)
+            n_groups = max(1, min(q.shape[0],
+                                  IVF_LIST_MAJOR_GROUPS_PER_THREAD * _n_threads()))
+            list_scan.scan_list_major(q, data, L.ids, L.starts, L.sizes, probes, *flt,
+                                      n_groups, metric, out_d, out_i)
 
     # -- persistence -------------------------------------------------------------------
     def _load_arrays(self, a, bad) -> None:

@@ -32,7 +32,8 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH, VALUE_LIMIT_FACTOR
-from ._rowkeys import keys4_ip, keys4_l2, panelkeys_ip, panelkeys_l2
+from ._bits import MODE_ALL, MODE_DENSE, MODE_SKIP, is_filtered, list_mode, lowest_bit
+from ._rowkeys import key1_ip, key1_l2, keys4_ip, keys4_l2, panelkeys_ip, panelkeys_l2
 from .topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
@@ -68,50 +69,115 @@ def _scan_rows(q, data, ids, lo, hi, metric, hd, hi_):
             heap_push(hd, hi_, k3, ids[r + 3])
 
 
+@njit(nogil=True, cache=True, fastmath=_FM)
+def _scan_rows_masked(q, data, ids, lo, hi, metric, fb, hd, hi_):
+    """``_scan_rows`` admitting only rows whose bit is set in fb (a dense filter)."""
+    for r in range(lo, hi, 4):
+        bits = (np.uint64(fb[r >> 5]) | (np.uint64(fb[min((r >> 5) + 1, fb.shape[0] - 1)])
+                                         << np.uint64(32))) >> np.uint64(r & 31)
+        if (bits & np.uint64(15)) == 0:
+            continue
+        if metric == METRIC_L2:
+            k0, k1, k2, k3 = keys4_l2(q, data, r)
+        else:
+            k0, k1, k2, k3 = keys4_ip(q, data, r)
+        if bits & np.uint64(1) and k0 <= hd[0]:
+            heap_push(hd, hi_, k0, ids[r])
+        if r + 1 < hi and bits & np.uint64(2) and k1 <= hd[0]:
+            heap_push(hd, hi_, k1, ids[r + 1])
+        if r + 2 < hi and bits & np.uint64(4) and k2 <= hd[0]:
+            heap_push(hd, hi_, k2, ids[r + 2])
+        if r + 3 < hi and bits & np.uint64(8) and k3 <= hd[0]:
+            heap_push(hd, hi_, k3, ids[r + 3])
+
+
+@njit(nogil=True, cache=True, fastmath=_FM)
+def _scan_rows_sparse(q, data, ids, lo, hi, metric, fb, hd, hi_):
+    """Offer only the rows of [lo, hi) whose bit is set in fb, one key each
+    (``key1_*`` has the bits of ``keys4_*``): a list with few allowed rows."""
+    w = lo >> 5
+    while (w << 5) < hi:
+        bits = fb[w]
+        base = w << 5
+        if base < lo:
+            bits &= np.uint32(0xFFFFFFFF) << np.uint32(lo - base)
+        if hi - base < 32:
+            bits &= np.uint32((np.uint64(1) << np.uint64(hi - base)) - np.uint64(1))
+        while bits:
+            r = base + lowest_bit(bits)
+            bits &= bits - np.uint32(1)
+            key = key1_l2(q, data, r) if metric == METRIC_L2 else key1_ip(q, data, r)
+            if key <= hd[0]:
+                heap_push(hd, hi_, key, ids[r])
+        w += 1
+
+
+@njit(nogil=True, cache=True)
+def _scan_span(q, data, ids, lo, hi, metric, mode, fb, hd, hi_):
+    """Rows [lo, hi) of one list scanned as its filter mode says (``_bits``)."""
+    if mode == MODE_ALL:
+        _scan_rows(q, data, ids, lo, hi, metric, hd, hi_)
+    elif mode == MODE_DENSE:
+        _scan_rows_masked(q, data, ids, lo, hi, metric, fb, hd, hi_)
+    elif mode != MODE_SKIP:
+        _scan_rows_sparse(q, data, ids, lo, hi, metric, fb, hd, hi_)
+
+
 # -- batch: parallel over queries -------------------------------------------------------
 
 @njit(nogil=True, cache=True, fastmath=_FM)
-def _scan_query(q, data, ids, starts, sizes, lists, metric, hd, hi_):
-    """Sorted top-k of one query over its probed ``lists`` (-1 = skip) into (hd, hi_)."""
+def _scan_query(q, data, ids, starts, sizes, lists, metric, fbits, fcount, f, hd, hi_):
+    """Sorted top-k of one query over its probed ``lists`` (-1 = skip) into (hd, hi_),
+    under filter row f of (fbits, fcount) when filtered."""
     heap_init(hd, hi_)
+    fb = fbits[f]
     for p in range(lists.shape[0]):
         lst = lists[p]
         if lst < 0:
             continue
         s = starts[lst]
-        _scan_rows(q, data, ids, s, s + sizes[lst], metric, hd, hi_)
+        mode = list_mode(fbits, fcount, f, lst, sizes[lst])
+        _scan_span(q, data, ids, s, s + sizes[lst], metric, mode, fb, hd, hi_)
     heap_sort(hd, hi_)
 
 
 @njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
-def scan_batch(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
+def scan_batch(q, data, ids, starts, sizes, probes, fbits, fcount, fslot, metric, out_d,
+               out_i):
     """Top-k of each query over its probed lists; prange over queries.
 
     q (nq, d) float32; probes (nq, nprobe) int64 list numbers (-1 = skip);
+    (fbits, fcount, fslot) the row filter (``_bits``; stand-ins when unfiltered);
     out_d (nq, k) float32 keys ascending, out_i (nq, k) int64 (ID_SENTINEL padding).
     """
     for qi in prange(q.shape[0]):
-        _scan_query(q[qi], data, ids, starts, sizes, probes[qi], metric, out_d[qi],
-                    out_i[qi])
+        f = fslot[qi] if is_filtered(fbits) else 0
+        _scan_query(q[qi], data, ids, starts, sizes, probes[qi], metric, fbits, fcount, f,
+                    out_d[qi], out_i[qi])
 
 
 @njit(nogil=True, cache=True, fastmath=_FM)
-def scan_serial(q, data, ids, starts, sizes, probes, metric, out_d, out_i):
+def scan_serial(q, data, ids, starts, sizes, probes, fbits, fcount, fslot, metric, out_d,
+                out_i):
     """``scan_batch`` on the calling thread only: for work too small to pay for a
     parallel launch (one query over a few short lists)."""
     for qi in range(q.shape[0]):
-        _scan_query(q[qi], data, ids, starts, sizes, probes[qi], metric, out_d[qi],
-                    out_i[qi])
+        f = fslot[qi] if is_filtered(fbits) else 0
+        _scan_query(q[qi], data, ids, starts, sizes, probes[qi], metric, fbits, fcount, f,
+                    out_d[qi], out_i[qi])
 
 
 # -- single query: parallel over runs of its probed rows --------------------------------
 
 @njit(nogil=True, cache=True, fastmath=_FM)
-def _scan_run(q, data, ids, starts, lists, cum, lo, hi, metric, hd, hi_):
+def _scan_run(q, data, ids, starts, sizes, lists, cum, lo, hi, metric, fbits, fcount, f,
+              hd, hi_):
     """Top-k of rows [lo, hi) of the concatenation of the probed ``lists`` (in probe
-    order; cum[p] rows precede probe p) into a fresh heap (hd, hi_). Serial worker of
-    the run-split plans; a run may begin or end inside a list."""
+    order; cum[p] rows precede probe p; a skipped list counts 0 rows) into a fresh heap
+    (hd, hi_). Serial worker of the run-split plans; a run may begin or end inside a
+    list."""
     heap_init(hd, hi_)
+    fb = fbits[f]
     nprobe = lists.shape[0]
     p = 0
     while p < nprobe and cum[p + 1] <= lo:
@@ -120,14 +186,30 @@ def _scan_run(q, data, ids, starts, lists, cum, lo, hi, metric, hd, hi_):
     while pos < hi:
         take_hi = min(hi, cum[p + 1])
         if take_hi > pos:
-            s = starts[lists[p]] + (pos - cum[p])
-            _scan_rows(q, data, ids, s, s + (take_hi - pos), metric, hd, hi_)
+            lst = lists[p]
+            s = starts[lst] + (pos - cum[p])
+            mode = list_mode(fbits, fcount, f, lst, sizes[lst])
+            _scan_span(q, data, ids, s, s + (take_hi - pos), metric, mode, fb, hd, hi_)
             pos = take_hi
         p += 1
 
 
+@njit(nogil=True, cache=True)
+def _cum_rows(lists, sizes, fbits, fcount, f, cum):
+    """cum[p + 1] = rows of lists[:p + 1] a run-split scan reads (0 for -1 and for
+    lists the filter skips); cum[0] is 0."""
+    cum[0] = 0
+    for p in range(lists.shape[0]):
+        lst = lists[p]
+        n = 0
+        if lst >= 0 and list_mode(fbits, fcount, f, lst, sizes[lst]) != MODE_SKIP:
+            n = sizes[lst]
+        cum[p + 1] = cum[p] + n
+
+
 @njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
-def scan_single(q, data, ids, starts, sizes, probes, metric, n_runs, out_d, out_i):
+def scan_single(q, data, ids, starts, sizes, probes, fbits, fcount, fslot, metric, n_runs,
+                out_d, out_i):
     """Like ``scan_batch`` but each query is split over ``n_runs`` parallel runs.
 
     The rows of a query's probed lists, taken in probe order, are cut into ``n_runs``
@@ -141,20 +223,21 @@ def scan_single(q, data, ids, starts, sizes, probes, metric, n_runs, out_d, out_
     cum = np.empty(nprobe + 1, dtype=np.int64)  # not np.zeros: see search_one
     cum[0] = 0
     for qi in range(q.shape[0]):
-        for p in range(nprobe):
-            lst = probes[qi, p]
-            cum[p + 1] = cum[p] + (sizes[lst] if lst >= 0 else 0)
+        f = fslot[qi] if is_filtered(fbits) else 0
+        _cum_rows(probes[qi], sizes, fbits, fcount, f, cum)
         total = cum[nprobe]
         for r in prange(n_runs):
-            _scan_run(q[qi], data, ids, starts, probes[qi], cum, total * r // n_runs,
-                      total * (r + 1) // n_runs, metric, part_d[r], part_i[r])
+            _scan_run(q[qi], data, ids, starts, sizes, probes[qi], cum,
+                      total * r // n_runs, total * (r + 1) // n_runs, metric, fbits,
+                      fcount, f, part_d[r], part_i[r])
         merge_one(part_d, part_i, out_d[qi], out_i[qi])
 
 
 # -- list-major: each list read once per group of queries ------------------------------
 
 @njit(nogil=True, cache=True, fastmath=_FM)
-def _scan_group(q, data, ids, starts, sizes, probes, q0, q1, metric, out_d, out_i):
+def _scan_group(q, data, ids, starts, sizes, probes, fbits, fcount, fslot, q0, q1, metric,
+                out_d, out_i):
     """Top-k of queries q0..q1 into their rows of (out_d, out_i), list by list.
 
     A counting sort by list gives, for each list, the queries of the group that probe
@@ -185,21 +268,25 @@ def _scan_group(q, data, ids, starts, sizes, probes, q0, q1, metric, out_d, out_
         s = starts[lst]
         for g in range(first[lst], first[lst + 1]):
             qi = who[g]
-            _scan_rows(q[qi], data, ids, s, s + sizes[lst], metric, out_d[qi], out_i[qi])
+            f = fslot[qi] if is_filtered(fbits) else 0
+            mode = list_mode(fbits, fcount, f, lst, sizes[lst])
+            _scan_span(q[qi], data, ids, s, s + sizes[lst], metric, mode, fbits[f],
+                       out_d[qi], out_i[qi])
     for qi in range(q0, q1):
         heap_sort(out_d[qi], out_i[qi])
 
 
 @njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
-def scan_list_major(q, data, ids, starts, sizes, probes, n_groups, metric, out_d, out_i):
+def scan_list_major(q, data, ids, starts, sizes, probes, fbits, fcount, fslot, n_groups,
+                    metric, out_d, out_i):
     """``scan_batch``'s results, list-major: prange over ``n_groups`` equal groups of
     consecutive queries; within a group every probed list is read once (see
     ``_scan_group``). Pays when several queries of a group probe the same list: the
     list is read from memory once instead of once per query."""
     nq = q.shape[0]
     for g in prange(n_groups):
-        _scan_group(q, data, ids, starts, sizes, probes, nq * g // n_groups,
-                    nq * (g + 1) // n_groups, metric, out_d, out_i)
+        _scan_group(q, data, ids, starts, sizes, probes, fbits, fcount, fslot,
+                    nq * g // n_groups, nq * (g + 1) // n_groups, metric, out_d, out_i)
 
 
 # -- cosine normalisation: one definition for every path -----------------------------
@@ -391,15 +478,18 @@ def search_one(q, panels, data, ids, starts, sizes, metric, unit, nprobe, min_ru
         cum[p + 1] = cum[p] + sizes[pl[p]]
     total = cum[nprobe]
     n_runs = min(total * max(d, 64) // (64 * min_run), max_runs)
+    fbits = np.empty((1, 0), dtype=np.uint32)    # unfiltered (``_bits``)
+    fcount = np.empty((1, 0), dtype=np.int64)
     if n_runs <= 1:  # too little work to pay for waking the other threads
-        _scan_query(qf, data, ids, starts, sizes, pl, metric, hd, hi_)
+        _scan_query(qf, data, ids, starts, sizes, pl, metric, fbits, fcount, 0, hd, hi_)
     else:
         k = hd.shape[0]
         part_d = np.empty((n_runs, k), dtype=np.float32)
         part_i = np.empty((n_runs, k), dtype=np.int64)
         for r in prange(n_runs):
-            _scan_run(qf, data, ids, starts, pl, cum, total * r // n_runs,
-                      total * (r + 1) // n_runs, metric, part_d[r], part_i[r])
+            _scan_run(qf, data, ids, starts, sizes, pl, cum, total * r // n_runs,
+                      total * (r + 1) // n_runs, metric, fbits, fcount, 0, part_d[r],
+                      part_i[r])
         merge_one(part_d, part_i, hd, hi_)
     to_faiss(hd, hi_, metric == METRIC_L2)
     return True

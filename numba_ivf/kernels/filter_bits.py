@@ -1,0 +1,193 @@
+"""Turning an id filter into row bits (see ``_bits`` for the layout the scans read).
+
+Once per filtered call, ``numba_ivf.filters.prepare`` evaluates each filter over the
+index's stored rows with these kernels: the live rows as bits, then each leaf (a mask
+over ids, an id range, a list of allowed ids found through the id map) as bits of
+allowed live rows, combined word by word, then the allowed rows counted per list and
+the probes of each query trimmed to the lists that can contribute. Bits are written
+word by word by one owner (prange over words), never by two lists sharing a word.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._rowkeys import lowest_bit
+
+__all__ = ["live_words", "mask_words", "range_words", "rows_words", "csr_words", "count_lists",
+           "trim_probes", "allowed_lists", "popcount32"]
+
+_CHUNK = 4096  # words per prange task (128k rows)
+
+
+@njit(nogil=True, cache=True, inline="always")
+def popcount32(x):
+    """Set bits of a 32-bit word (SWAR; in uint64, since Numba widens uint32
+    arithmetic: the final multiply must not carry past bit 31 unnoticed)."""
+    x = np.uint64(x)
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x55555555))
+    x = (x & np.uint64(0x33333333)) + ((x >> np.uint64(2)) & np.uint64(0x33333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F)
+    return np.int64(((x * np.uint64(0x01010101)) >> np.uint64(24)) & np.uint64(0xFF))
+
+
+@njit(nogil=True, cache=True)
+def _set_run(words, lo, hi):
+    """Set bits of rows [lo, hi)."""
+    r = lo
+    while r < hi:
+        w = r >> 5
+        s = r & 31
+        n = min(32 - s, hi - r)
+        run = np.uint32(0xFFFFFFFF) if n == 32 else \
+            np.uint32(((np.uint64(1) << np.uint64(n)) - np.uint64(1)) << np.uint64(s))
+        words[w] |= run
+        r += n
+
+
+@njit(nogil=True, cache=True)
+def live_words(starts, sizes, words):
+    """words (nw,) uint32, zeroed by the caller: bits of the live rows of every list
+    (serial: a run's edge words are shared with the neighbouring lists)."""
+    for lst in range(starts.shape[0]):
+        if sizes[lst]:
+            _set_run(words, starts[lst], starts[lst] + sizes[lst])
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def mask_words(ids, live, mask, out):
+    """out[w] = live rows of word w whose id i has i < len(mask) and mask[i]."""
+    nw = live.shape[0]
+    n_mask = mask.shape[0]
+    for c in prange((nw + _CHUNK - 1) // _CHUNK):
+        for w in range(c * _CHUNK, min(nw, (c + 1) * _CHUNK)):
+            bits = live[w]
+            acc = np.uint32(0)
+            while bits:
+                b = lowest_bit(bits)
+                bits &= bits - np.uint32(1)
+                i = ids[w * 32 + b]
+                if i < n_mask and mask[i]:
+                    acc |= np.uint32(1) << np.uint32(b)
+            out[w] = acc
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def range_words(ids, live, lo, hi, out):
+    """out[w] = live rows of word w whose id is in [lo, hi)."""
+    nw = live.shape[0]
+    for c in prange((nw + _CHUNK - 1) // _CHUNK):
+        for w in range(c * _CHUNK, min(nw, (c + 1) * _CHUNK)):
+            bits = live[w]
+            acc = np.uint32(0)
+            while bits:
+                b = lowest_bit(bits)
+                bits &= bits - np.uint32(1)
+                i = ids[w * 32 + b]
+                if lo <= i and i < hi:
+                    acc |= np.uint32(1) << np.uint32(b)
+            out[w] = acc
+
+
+@njit(nogil=True, cache=True)
+def rows_words(lists, offs, starts, out):
+    """Set the bit of row starts[lists[j]] + offs[j] for every j with lists[j] >= 0
+    (ids looked up through the id map; absent ids have list -1)."""
+    for j in range(lists.shape[0]):
+        if lists[j] >= 0:
+            r = starts[lists[j]] + offs[j]
+            out[r >> 5] |= np.uint32(1) << np.uint32(r & 31)
+
+
+@njit(nogil=True, cache=True)
+def _count_run(fb, lo, hi):
+    c = 0
+    r = lo
+    while r < hi:
+        w = r >> 5
+        s = r & 31
+        n = min(32 - s, hi - r)
+        x = fb[w] >> np.uint32(s)
+        if n < 32:
+            x &= np.uint32((np.uint64(1) << np.uint64(n)) - np.uint64(1))
+        c += popcount32(x)
+        r += n
+    return c
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def count_lists(fbits, starts, sizes, out):
+    """out[f, l] = allowed rows of list l under filter f (fbits (nf, nw))."""
+    nf, nlist = out.shape
+    for t in prange(nf * nlist):
+        f = t // nlist
+        lst = t - f * nlist
+        out[f, lst] = _count_run(fbits[f], starts[lst], starts[lst] + sizes[lst]) \
+            if sizes[lst] else 0
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def trim_probes(probes, scores, fcount, fslot, nprobe, need, out, out_scores, covered):
+    """Per query, the lists of ``probes`` (coarse order, best first; -1 ends a row) a
+    filtered scan reads, packed to the left of ``out`` with their coarse ``scores`` in
+    ``out_scores`` (-1 / 0 after): those of the first ``nprobe`` columns with an allowed
+    row, then further ones while the allowed rows covered are fewer than ``need``.
+    covered[qi] = allowed rows of the kept lists. Returns the widest row (the columns a
+    scan needs)."""
+    nq, width = probes.shape
+    used = np.empty(nq, dtype=np.int64)
+    for qi in prange(nq):
+        f = fslot[qi]
+        got = 0
+        n = 0
+        for p in range(width):
+            lst = probes[qi, p]
+            if lst < 0 or (p >= nprobe and got >= need):
+                break
+            c = fcount[f, lst]
+            if c:
+                out[qi, n] = lst
+                out_scores[qi, n] = scores[qi, p]
+                n += 1
+                got += c
+        for p in range(n, width):
+            out[qi, p] = -1
+            out_scores[qi, p] = 0.0
+        used[qi] = n
+        covered[qi] = got
+    most = 0
+    for qi in range(nq):
+        most = max(most, used[qi])
+    return most
+
+
+@njit(nogil=True, cache=True)
+def allowed_lists(fcount, fslot, out):
+    """out[qi] = every list with an allowed row under query qi's filter, ascending,
+    -1 after (the probes of an exact filtered search). Returns the widest row."""
+    nlist = fcount.shape[1]
+    most = 0
+    for qi in range(fslot.shape[0]):
+        f = fslot[qi]
+        n = 0
+        for lst in range(nlist):
+            if fcount[f, lst]:
+                out[qi, n] = lst
+                n += 1
+        for p in range(n, out.shape[1]):
+            out[qi, p] = -1
+        most = max(most, n)
+    return most
+
+
+@njit(nogil=True, cache=True)
+def csr_words(lists, offs, starts, indptr, out):
+    """Per-query allowed ids (CSR rows indptr) found through the id map as (lists,
+    offs): set the bit of each found row in out[qi] (out (nq, nw) zeroed)."""
+    for qi in range(indptr.shape[0] - 1):
+        fb = out[qi]
+        for j in range(indptr[qi], indptr[qi + 1]):
+            if lists[j] >= 0:
+                r = starts[lists[j]] + offs[j]
+                fb[r >> 5] |= np.uint32(1) << np.uint32(r & 31)
