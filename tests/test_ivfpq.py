@@ -109,7 +109,7 @@ def test_shared_scale_tables_equal_oracle_and_never_overflow(seed, m, nprobe, sp
     sizes = np.ones(nprobe, dtype=np.int64)
     lo = np.empty((nprobe, m), dtype=np.float32)
     hi = np.empty(m, dtype=np.float32)
-    scale = fs.query_scale(qlut, term, probes, sizes, lo, hi)
+    scale = fs.query_scale(qlut, term, probes, sizes, None, lo, hi)
     u8s, biases, ref_scale = naive.shared_scale_tables([qlut + term[p]
                                                          for p in range(nprobe)])
     assert scale == ref_scale
@@ -138,8 +138,8 @@ def test_scan_list_blocks_rejects_rows_outside_the_arena():
     ri = np.empty(20, np.int64)
     rr = np.empty(20, np.int64)
     acc = np.empty(32, np.uint16)
-    args = (lut_u8, 0.0, 1.0, np.float32(0), rd, ri, rr, 0, np.float32(np.inf), 10, acc,
-            fsc.BACKEND)
+    args = (None, lut_u8, 0.0, 1.0, np.float32(0), rd, ri, rr, 0,
+            np.float32(np.inf), 10, acc, fsc.BACKEND)
     # Rows 8..39 (in range), every key 0: the top 10 are the 10 lowest ids (ties by id).
     from numba_ivf.kernels.topk import res_finish
     n, _ = fs.scan_list_blocks(packed, ids, 8, 32, *args)
@@ -152,7 +152,7 @@ def test_scan_list_blocks_rejects_rows_outside_the_arena():
     with pytest.raises(IndexError, match="list rows out of the packed arena"):
         fs.scan_list_blocks(packed, ids, 40, 30, *args)
     with pytest.raises(ValueError, match="at least 32 entries"):
-        fs.scan_list_blocks(packed, ids, 0, 8, *args[:10], np.empty(8, np.uint16),
+        fs.scan_list_blocks(packed, ids, 0, 8, *args[:11], np.empty(8, np.uint16),
                             fsc.BACKEND)
 
 

@@ -13,6 +13,7 @@ from numba_ivf._validation import FLT_MAX, check_vectors, value_limit
 from numba_ivf.kernels import fastscan
 from numba_ivf.kernels import fastscan_search as fs
 from numba_ivf.kernels import list_scan
+from numba_ivf.kernels._bits import no_filter
 from numba_ivf.kernels.topk import ID_SENTINEL
 from tests.naive.search import brute_force
 
@@ -285,9 +286,9 @@ def test_fastscan_scans_survive_any_values(fastscan_indexes):
                     keys = np.empty((2, 5), np.float32)
                     ids = np.empty((2, 5), np.int64)
                     rows = np.empty((2, 5), np.int64)
-                    fn(L.payload["codes"], L.ids, L.starts, L.sizes, probes, base, q,
-                       idx.pq.codebooks_t, kind, term, use_term, keys, ids, rows, True,
-                       fastscan.BACKEND)
+                    fn(L.payload["codes"], L.ids, L.starts, L.sizes, probes,
+                       *no_filter(), base, q, idx.pq.codebooks_t, kind, term, use_term,
+                       keys, ids, rows, True, fastscan.BACKEND)
                     assert set(ids.ravel().tolist()) <= valid
 
 

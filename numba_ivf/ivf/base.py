@@ -23,8 +23,9 @@ import os
 import numba
 import numpy as np
 
-from .._config import (FILTER_BITMAP_MAX_BYTES, FILTER_EXACT_ROWS_PER_LIST,
-                       FILTER_MIN_CANDIDATES_FACTOR, IVF_COARSE_SCAN_MAX_QUERIES)
+from .._config import (FILTER_BITMAP_MAX_BYTES, FILTER_EXACT_GATHER_MIN_QUERIES,
+                       FILTER_EXACT_ROWS_PER_LIST, FILTER_MIN_CANDIDATES_FACTOR,
+                       IVF_COARSE_SCAN_MAX_QUERIES)
 from .._validation import check_int, check_metric, check_vectors
 from ..kernels.topk import ID_SENTINEL
 from ._lists import InvertedLists
@@ -418,12 +419,12 @@ class IVFBase:
         """Filtered search of the (checked, prepared) queries q into (out_d, out_i),
         minimised keys with ID_SENTINEL padding.
 
-        ``scan(q, scores, probes, rf)`` and ``exact(q, probes, rf)`` return (keys, ids)
-        of shape (len(q), k) for a subset of the queries (rf's ``fslot`` cut to it);
-        ``exact`` is None for an index without stored vectors. Queries whose filter
-        allows few rows (``_exact_queries``) take ``exact`` with every list that holds
-        an allowed row; the others probe as ``_filtered_probes`` says. Per-query filters
-        are turned into bitmaps FILTER_BITMAP_MAX_BYTES at a time.
+        ``scan(q, scores, probes, rf)`` returns (keys, ids) of shape (len(q), k) for a
+        subset of the queries (rf's ``fslot`` cut to it). ``exact``: the index stores
+        its float32 vectors (payload "data"), so queries whose filter allows few rows
+        (``_exact_queries``) are searched exactly over those rows (``_exact_stored``);
+        the others probe as ``_filtered_probes`` says. Per-query filters are turned into
+        bitmaps FILTER_BITMAP_MAX_BYTES at a time.
         """
         from ..filters import PerQueryFilter, RowFilter, as_filter, bitmap_bytes, prepare
         nq = q.shape[0]
@@ -436,8 +437,7 @@ class IVFBase:
             hi = min(nq, lo + step)
             rf = prepare(spec.sub(lo, hi) if isinstance(spec, PerQueryFilter) else spec,
                          self._lists, hi - lo)
-            ex = self._exact_queries(rf) if exact is not None else \
-                np.zeros(hi - lo, dtype=bool)
+            ex = self._exact_queries(rf) if exact else np.zeros(hi - lo, dtype=bool)
             for sel, is_exact in ((~ex, False), (ex, True)):
                 idx = np.flatnonzero(sel)
                 if not idx.size:
@@ -448,7 +448,7 @@ class IVFBase:
                                                  np.ascontiguousarray(rf.fslot[idx]),
                                                  rf.n_allowed)
                 if is_exact:
-                    d, i = exact(qs, self._allowed_probes(sub, idx.size), sub)
+                    d, i = self._exact_stored(qs, sub, k)
                 else:
                     scores, probes = self._filtered_probes(qs, sub, nprobe, need, maxp)
                     d, i = scan(qs, scores, probes, sub)
@@ -457,12 +457,56 @@ class IVFBase:
                 else:
                     out_d[lo + idx], out_i[lo + idx] = d, i
 
-    def _allowed_probes(self, rf, nq):
-        """Probes of an exact filtered search: every list with an allowed row."""
-        from ..kernels.filter_bits import allowed_lists
-        probes = np.empty((nq, self._nlist), dtype=np.int64)
-        w = allowed_lists(rf.fcount, rf.fslot, probes)
-        return np.ascontiguousarray(probes[:, :max(w, 1)])
+    def _exact_stored(self, q, rf, k):
+        """Exact top-k (keys, ids) over the allowed rows of the stored vectors.
+
+        A filter shared by at least FILTER_EXACT_GATHER_MIN_QUERIES queries has its rows
+        gathered into one contiguous run, scanned four rows per key call; the other
+        queries read their rows in place, one key each (``list_scan.scan_bits``). Both
+        give the IVF-Flat scan's keys bit for bit. Measured (glove-50, 1024 allowed
+        rows): gathering made a 2000-query batch 3x faster than reading every list with
+        an allowed row through its bitmap, but one query per call slower (fashion-mnist,
+        784-d: the copy cost more than the keys).
+        """
+        from ..kernels import list_scan
+        from ..kernels._bits import no_filter
+        from ..kernels.filter_bits import gather_allowed
+        L = self._lists
+        data = L.payload["data"]
+        nq = q.shape[0]
+        out_d = np.empty((nq, k), dtype=np.float32)
+        out_i = np.empty((nq, k), dtype=np.int64)
+        metric = list_scan.METRIC_L2 if self._metric == "l2" else list_scan.METRIC_IP
+        slots, inverse, counts = np.unique(rf.fslot, return_inverse=True,
+                                           return_counts=True)
+        few = counts[inverse] < FILTER_EXACT_GATHER_MIN_QUERIES
+        if few.any():
+            who = np.flatnonzero(few)
+            qs = q if who.size == nq else np.ascontiguousarray(q[who])
+            dd = np.empty((who.size, k), dtype=np.float32)
+            ii = np.empty((who.size, k), dtype=np.int64)
+            fn = list_scan.scan_bits if who.size >= _n_threads() else \
+                list_scan.scan_bits_serial
+            fn(qs, data, L.ids, rf.fbits, np.ascontiguousarray(rf.fslot[who]), metric,
+               dd, ii)
+            out_d[who], out_i[who] = dd, ii
+        for j in np.flatnonzero(counts >= FILTER_EXACT_GATHER_MIN_QUERIES):
+            f = slots[j]
+            who = np.flatnonzero(inverse == j)
+            n = int(rf.n_allowed[f])
+            sub_d = np.empty((n, data.shape[1]), dtype=np.float32)
+            sub_i = np.empty(n, dtype=np.int64)
+            gather_allowed(rf.fbits[f], n, L.ids, data, sub_i, sub_d)
+            qs = q if who.size == nq else np.ascontiguousarray(q[who])
+            dd = np.empty((who.size, k), dtype=np.float32)
+            ii = np.empty((who.size, k), dtype=np.int64)
+            fn = list_scan.scan_batch if who.size >= _n_threads() else \
+                list_scan.scan_serial
+            fn(qs, sub_d, sub_i, np.zeros(1, dtype=np.int64),
+               np.array([n], dtype=np.int64), np.zeros((who.size, 1), dtype=np.int64),
+               *no_filter(), metric, dd, ii)
+            out_d[who], out_i[who] = dd, ii
+        return out_d, out_i
 
     def _finish(self, keys: np.ndarray, ids: np.ndarray):
         """Minimised keys + sentinel ids -> FAISS-convention (D, I), in place."""

@@ -161,8 +161,7 @@ class IVFFlat(IVFBase):
                 return dd, ii
 
             self._search_filtered(q, k, nprobe, filter, min_candidates, max_nprobe, scan,
-                                  lambda qs, probes, rf: scan(qs, None, probes, rf),
-                                  out_d, out_i)
+                                  True, out_d, out_i)
             return self._finish(out_d, out_i)
         if nq:
             _, probes = self._coarse(q, nprobe)

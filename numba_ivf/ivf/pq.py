@@ -209,7 +209,8 @@ class IVFPQ(IVFBase):
 
     @reading
     def search(self, q, k: int, nprobe: int = 1, *, k_factor: int | None = None,
-               path: str = "auto", _backend=None):
+               filter=None, min_candidates=None, max_nprobe=None, path: str = "auto",
+               _backend=None):
         """The k nearest stored vectors of each query, among its nprobe nearest lists.
 
         Parameters
@@ -223,6 +224,12 @@ class IVFPQ(IVFBase):
         k_factor : int, optional
             Only with ``refine=True``: ``k_factor * k`` PQ candidates are re-ranked with
             the exact vectors (default 4). Larger is slower and more accurate.
+        filter, min_candidates, max_nprobe : optional
+            Filtered search, as in :meth:`numba_ivf.IVFFlat.search`: lists without an
+            allowed row are not read, sparse lists score only their allowed rows, and
+            in 4-bit fast-scan a block's allowed lanes join the SIMD admission mask. A
+            small allowed set is searched exactly over its stored vectors with
+            ``refine=True``, and over the PQ codes of every list holding one without.
         path : {"auto", "batch", "single", "serial"}, default "auto"
             "batch": parallel over queries; "single": each query parallel over its
             probed lists; "serial": one thread (few queries, short lists). All return
@@ -243,7 +250,8 @@ class IVFPQ(IVFBase):
         (``kernels.pq_one``) with results identical to the same row searched as a
         batch, unless its probed lists are long enough to split over threads.
         """
-        if path == "auto" and _backend is None and self.is_trained:
+        if path == "auto" and _backend is None and self.is_trained and filter is None \
+                and min_candidates is None and max_nprobe is None:
             one = self._one_query(q, k, nprobe)
             kf = PQ_REFINE_K_FACTOR if k_factor is None else k_factor
             if (one is not None and type(kf) is int
@@ -266,6 +274,12 @@ class IVFPQ(IVFBase):
         backend = fastscan.get_backend(_backend)
         nq = q.shape[0]
         kk = k * k_factor if self._refine else k
+        if filter is not None or min_candidates is not None or max_nprobe is not None:
+            if filter is None:
+                raise ValueError("min_candidates and max_nprobe apply only to a filtered "
+                                 "search (filter=...).")
+            return self._search_filtered_pq(q, k, kk, nprobe, filter, min_candidates,
+                                            max_nprobe, path, backend)
         keys = np.empty((nq, kk), dtype=np.float32)
         ids = np.empty((nq, kk), dtype=np.int64)
         if nq:
@@ -282,6 +296,31 @@ class IVFPQ(IVFBase):
         else:
             keys, ids = keys[:, :k], ids[:, :k]   # (0, k), not (0, k * k_factor)
         return self._finish(keys, ids)
+
+    def _search_filtered_pq(self, q, k, kk, nprobe, filter, min_candidates, max_nprobe,
+                            path, backend):
+        """Filtered search (``IVFBase._search_filtered``): the PQ scan of the probes it
+        chooses, then refine; with refine, small allowed sets exactly over the stored
+        vectors (``IVFBase._exact_stored``)."""
+        nq = q.shape[0]
+        out_d = np.empty((nq, k), dtype=np.float32)
+        out_i = np.empty((nq, k), dtype=np.int64)
+
+        def scan(qs, scores, probes, rf):
+            n = qs.shape[0]
+            keys = np.empty((n, kk), dtype=np.float32)
+            ids = np.empty((n, kk), dtype=np.int64)
+            p = self._choose_path(n, probes) if path == "auto" else path
+            serial = p == "serial"
+            rows = self._scan(p, qs, scores, probes, keys, ids, backend, serial,
+                              rf.arrays())
+            if self._refine:
+                keys, ids = self._refine_exact(qs, keys, ids, k, serial, rows)
+            return keys, ids
+
+        self._search_filtered(q, k, nprobe, filter, min_candidates, max_nprobe, scan,
+                              self._refine, out_d, out_i)
+        return self._finish(out_d, out_i)
 
     def _search_one(self, q, k, nprobe, k_factor):
         """One query in one kernel call (``kernels.pq_one``); None if q holds NaN, inf or
@@ -370,29 +409,53 @@ class IVFPQ(IVFBase):
     def _choose_path(self, nq: int, probes: np.ndarray) -> str:
         if nq >= _n_threads():
             return "batch"
-        rows = int(self._lists.sizes[probes].sum())
+        rows = int(self._lists.sizes[probes[probes >= 0]].sum())
         # Waking the other threads costs more than scanning a few thousand codes.
         return "single" if rows >= PQ_SINGLE_MIN_ROWS * _n_threads() else "serial"
 
-    def _scan(self, path, q, scores, probes, keys, ids, backend, serial):
-        """Fill (keys, ids); returns the candidates' arena rows (4-bit) or None."""
+    def _scan(self, path, q, scores, probes, keys, ids, backend, serial, flt=None):
+        """Fill (keys, ids); returns the candidates' arena rows (4-bit) or None.
+
+        ``flt``: None (unfiltered), or the filters as the kernels take them
+        (``kernels._bits``): (fbits (nf, nw) uint32, fcount (nf, nlist) int64, fslot
+        (nq,) int64).
+        """
+        from ..kernels._bits import no_filter
         L = self._lists
+        if flt is None:
+            flt = no_filter()
+        else:
+            # The scans index these unchecked and without the GIL: a short bitmap or a
+            # bad slot would read past an array instead of raising.
+            fbits, fcount, fslot = (np.ascontiguousarray(a) for a in flt)
+            nw = -(-int((L.starts + L.sizes).max()) // 32)
+            nf = fbits.shape[0]
+            if (fbits.dtype != np.uint32 or fbits.ndim != 2 or nf < 1
+                    or fbits.shape[1] < nw or fcount.dtype != np.int64
+                    or fcount.shape != (nf, self._nlist) or fslot.dtype != np.int64
+                    or fslot.shape != q.shape[:1]
+                    or (fslot.size and not 0 <= fslot.min() <= fslot.max() < nf)):
+                raise ValueError(
+                    f"flt must be (fbits uint32 (nf, >= {nw}), fcount int64 (nf, "
+                    f"{self._nlist}), fslot int64 ({q.shape[0]},) in [0, nf)); got "
+                    f"{[(a.dtype.name, a.shape) for a in (fbits, fcount, fslot)]}.")
+            flt = (fbits, fcount, fslot)
         codes = L.payload["codes"]
         if self._nbits == 8:
             from ..kernels import pq_scan
             base, kind, term, use_term = self._table_spec(scores)
             fn = {"single": pq_scan.adc_scan_single, "batch": pq_scan.adc_scan_batch,
                   "serial": pq_scan.adc_scan_serial}[path]
-            fn(codes, L.ids, L.starts, L.sizes, probes, base, q, self._pq.codebooks_t,
-               kind, term, use_term, keys, ids)
+            fn(codes, L.ids, L.starts, L.sizes, probes, *flt, base, q,
+               self._pq.codebooks_t, kind, term, use_term, keys, ids)
             return None
         from ..kernels import fastscan_search as fs
         base, kind, term, use_term = self._table_spec(scores)
         fn = {"single": fs.fastscan_single, "batch": fs.fastscan_batch,
               "serial": fs.fastscan_serial}[path]
         rows = np.empty(keys.shape, dtype=np.int64)
-        fn(codes, L.ids, L.starts, L.sizes, probes, base, q, self._pq.codebooks_t, kind,
-           term, use_term, keys, ids, rows, not self._refine, backend)
+        fn(codes, L.ids, L.starts, L.sizes, probes, *flt, base, q, self._pq.codebooks_t,
+           kind, term, use_term, keys, ids, rows, not self._refine, backend)
         return rows
 
     def _refine_exact(self, q, keys, ids, k, serial=False, rows=None):

@@ -29,6 +29,12 @@ change), so far probes of a query cost only their row-minima pass.
 
 The dequantized keys are what is returned (or re-ranked exactly by the caller).
 
+Filters (``_bits``): a list with no allowed row (``MODE_SKIP``) is neither read nor
+counted in the shared scale; otherwise a block's word of the row bitmap is ANDed into
+its SIMD admission mask, and a block whose word is 0 is not summed. So a filtered
+search returns the unfiltered keys of the allowed rows, with the scale of the lists it
+actually scans.
+
 Backend: ``backend`` is the ``fastscan.Backend`` token; it is an argument of every
 cached kernel here so that the backend is part of their signatures (see the cache-safety
 note in ``fastscan``).
@@ -40,6 +46,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTMATH, FASTSCAN_ACC_MAX
+from ._bits import MODE_SKIP, block_lanes, is_filtered, row_list_mode
 from ._lutquant import quantize_rows, row_extrema
 from ._rowkeys import lowest_bit, prefetch_span
 from .fastscan import block_sums_below, check_block_operands, quantize_lut_into
@@ -90,12 +97,14 @@ def key_threshold(thr, base, bias, scale):
 
 
 @njit(nogil=True, cache=True, fastmath=_FM)
-def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, rr, nres,
-                     thr, k, acc, backend):
+def scan_list_blocks(packed, ids, start, n, fb, lut_u8, bias, scale, base, rd, ri, rr,
+                     nres, thr, k, acc, backend):
     """Offer the ``n`` vectors of the list starting at row ``start`` to the reservoir
     (rd, ri, rr: key, id, arena row) holding ``nres`` entries under admission key
     ``thr`` (see ``topk.res_*``); returns the new (nres, thr). The serial worker;
-    ``acc`` is a uint16 scratch of 32.
+    ``acc`` is a uint16 scratch of 32. ``fb`` (nw,) uint32 is the query's filter row
+    (word b = the allowed lanes of block b), or None for every row (then compiled
+    apart, without the filter's tests: ``_bits.block_lanes``).
 
     The reservoir's append and cut are written out here rather than called through
     ``topk.res_push``, and the blocks go through the unchecked ``block_sums_below``
@@ -120,9 +129,12 @@ def scan_list_blocks(packed, ids, start, n, lut_u8, bias, scale, base, rd, ri, r
     for b in range(b0, b1 + 1):
         if t16 <= 0:                   # no sum can be admitted any more
             break
+        allow = block_lanes(fb, b)
+        if allow == 0:                 # no allowed lane: not worth its shuffles
+            continue
         mask = np.uint64(block_sums_below(packed, b, lut_u8, acc,
                                           np.uint16(min(t16 - 1, FASTSCAN_ACC_MAX)),
-                                          backend))
+                                          backend)) & allow
         row0 = 32 * b
         if row0 < start:
             mask &= ~((np.uint64(1) << np.uint64(start - row0)) - np.uint64(1))
@@ -226,21 +238,23 @@ def _pair_bias(lo):
 
 
 @njit(nogil=True, cache=True)
-def query_scale(qlut, term, probes_q, sizes, lo, hi):
+def query_scale(qlut, term, probes_q, sizes, fc, lo, hi):
     """Pass 1 for one query: row minima of every probed list into lo[p] and the shared
-    scale. Skipped probes (-1 or empty list) do not count."""
+    scale. Skipped probes (-1, empty list, or no row allowed by the query's filter row
+    fc = fcount[f] (nlist,) int64; None if unfiltered) do not count."""
     rmax = 0.0
     rsum = 0.0
     nprobe = probes_q.shape[0]
     table_bytes = term.shape[1] * term.shape[2] * 4
     for p in range(nprobe):
         lst = probes_q[p]
-        if lst < 0 or sizes[lst] == 0:
+        if lst < 0 or sizes[lst] == 0 or row_list_mode(fc, lst, sizes[lst]) == MODE_SKIP:
             continue
         # The next list's term table (7 KB at m=112, from a table of nlist of them
         # that does not stay in cache): requested while this one is reduced.
-        if p + 1 < nprobe and probes_q[p + 1] >= 0:
-            prefetch_span(term, probes_q[p + 1] * table_bytes, table_bytes)
+        nx = probes_q[p + 1] if p + 1 < nprobe else -1
+        if nx >= 0 and row_list_mode(fc, nx, sizes[nx]) != MODE_SKIP:
+            prefetch_span(term, nx * table_bytes, table_bytes)
         _pair_minmax(qlut, term[lst], lo[p], hi)
         a, s = _span_stats(lo[p], hi)
         rmax = max(rmax, a)
@@ -249,20 +263,39 @@ def query_scale(qlut, term, probes_q, sizes, lo, hi):
 
 
 @njit(nogil=True, cache=True, fastmath=_FM)
-def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_term, lo,
-               hi, lut_u8, acc, rd, ri, rr, hd, hi_, hr, ordered, backend):
-    """All probed lists of one query into its top-k (hd, hi_, and the arena rows hr,
-    -1 for padding), sorted if ``ordered``; the serial worker.
+def scan_query(packed, ids, starts, sizes, probes_q, fbits, fcount, f, base_q, qlut, term,
+               use_term, lo, hi, lut_u8, acc, rd, ri, rr, hd, hi_, hr, ordered, backend):
+    """All probed lists of one query (filter row ``f`` of fbits/fcount, see ``_bits``)
+    into its top-k (hd, hi_, and the arena rows hr, -1 for padding), sorted if
+    ``ordered``; the serial worker.
 
     lo (nprobe, m) float32, hi (m,) float32, lut_u8 (2*ceil(m/2), 16) uint8 whose
     padding row is zero, acc (32,) uint16, and the reservoir rd, ri, rr
     (``topk.res_capacity(k)``,) are scratch.
     """
-    k = hd.shape[0]
+    # Unfiltered, the workers get None for the filter row: compiled apart, they are the
+    # unfiltered scan itself, with no filter test left (``_bits``).
+    if is_filtered(fbits):
+        nres = _scan_lists(packed, ids, starts, sizes, probes_q, fbits[f], fcount[f],
+                           base_q, qlut, term, use_term, lo, hi, lut_u8, acc, rd, ri, rr,
+                           hd.shape[0], backend)
+    else:
+        nres = _scan_lists(packed, ids, starts, sizes, probes_q, None, None, base_q, qlut,
+                           term, use_term, lo, hi, lut_u8, acc, rd, ri, rr, hd.shape[0],
+                           backend)
+    res_finish(rd, ri, rr, nres, hd, hi_, hr, ordered)
+
+
+@njit(nogil=True, cache=True, fastmath=_FM)
+def _scan_lists(packed, ids, starts, sizes, probes_q, fb, fc, base_q, qlut, term,
+                use_term, lo, hi, lut_u8, acc, rd, ri, rr, k, backend):
+    """The probed lists of ``scan_query`` under filter row (fb, fc) = (fbits[f],
+    fcount[f]), or None (compiled apart: ``_bits``), into the reservoir; returns its
+    entries."""
     nres = 0
     thr = np.float32(np.inf)
     if use_term:
-        scale = query_scale(qlut, term, probes_q, sizes, lo, hi)
+        scale = query_scale(qlut, term, probes_q, sizes, fc, lo, hi)
         bias = 0.0
     else:
         bias, scale = quantize_lut_into(qlut, lut_u8)
@@ -270,12 +303,12 @@ def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_ter
     nprobe = probes_q.shape[0]
     for p in range(nprobe):
         lst = probes_q[p]
-        if lst < 0 or sizes[lst] == 0:
+        if lst < 0 or sizes[lst] == 0 or row_list_mode(fc, lst, sizes[lst]) == MODE_SKIP:
             continue
         # The next list's codes, requested now: a list is a few blocks, too short for
         # the hardware prefetcher to ramp up, and its misses would stall the shuffles.
-        if p + 1 < nprobe and probes_q[p + 1] >= 0:
-            nx = probes_q[p + 1]
+        nx = probes_q[p + 1] if p + 1 < nprobe else -1
+        if nx >= 0 and row_list_mode(fc, nx, sizes[nx]) != MODE_SKIP:
             prefetch_span(packed, (starts[nx] >> 5) * block_bytes,
                           (((starts[nx] + sizes[nx] + 31) >> 5) - (starts[nx] >> 5))
                           * block_bytes)
@@ -288,23 +321,33 @@ def scan_query(packed, ids, starts, sizes, probes_q, base_q, qlut, term, use_ter
             continue
         if use_term:
             _quantize_pair(qlut, term[lst], lo[p], scale, lut_u8)
-        nres, thr = scan_list_blocks(packed, ids, starts[lst], sizes[lst], lut_u8, bias,
-                                     scale, base_q[p], rd, ri, rr, nres, thr, k, acc,
-                                     backend)
-    res_finish(rd, ri, rr, nres, hd, hi_, hr, ordered)
+        nres, thr = scan_list_blocks(packed, ids, starts[lst], sizes[lst], fb, lut_u8,
+                                     bias, scale, base_q[p], rd, ri, rr, nres, thr, k,
+                                     acc, backend)
+    return nres
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _slot(fbits, fslot, qi):
+    """Filter row of query qi (0 unfiltered: fslot is not read)."""
+    return fslot[qi] if is_filtered(fbits) else 0
 
 
 @njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
-def fastscan_batch(packed, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
-                   use_term, out_d, out_i, out_r, ordered, backend):
-    """Top-k keys of every query over its probed lists; prange over queries.
+def fastscan_batch(packed, ids, starts, sizes, probes, fbits, fcount, fslot, base, q,
+                   codebooks_t, kind, term, use_term, out_d, out_i, out_r, ordered,
+                   backend):
+    """Top-k keys of every query over the allowed rows of its probed lists; prange over
+    queries.
 
     packed (ceil(cap/32), ceil(m/2), 32) uint8; ids (cap,) int64; starts and sizes
     (nlist,) int64 (a list may start inside a block); probes (nq, nprobe) int64 (-1 =
-    skip); base (nq, nprobe) float32; q (nq, d) float32 with codebooks_t (m, dsub, 16)
-    and the table kind (``pq_encode.TABLE_*``): each query's float table (m, 16) is built
-    here (``query_table``), not read from an (nq, m, 16) array that costs more to
-    allocate and fill than to compute; term (nlist, m, 16) float32 (used iff use_term);
+    skip); fbits (nf, nw) uint32, fcount (nf, nlist) int64, fslot (nq,) int64: the
+    filters (``_bits``; ``_bits.no_filter()`` for none); base (nq, nprobe) float32;
+    q (nq, d) float32 with codebooks_t (m, dsub, 16) and the table kind
+    (``pq_encode.TABLE_*``): each query's float table (m, 16) is built here
+    (``query_table``), not read from an (nq, m, 16) array that costs more to allocate
+    and fill than to compute; term (nlist, m, 16) float32 (used iff use_term);
     out_d (nq, k) float32 keys ascending, out_i (nq, k) int64 (ID_SENTINEL padding),
     out_r (nq, k) int64 arena rows (-1 padding); sorted per query if ``ordered`` (else
     only the set, for re-ranking).
@@ -323,14 +366,16 @@ def fastscan_batch(packed, ids, starts, sizes, probes, base, q, codebooks_t, kin
         rd = np.empty(cap, dtype=np.float32)
         ri = np.empty(cap, dtype=np.int64)
         rr = np.empty(cap, dtype=np.int64)
-        scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qlut, term,
-                   use_term, lo, hi, lut_u8, acc, rd, ri, rr, out_d[qi], out_i[qi],
-                   out_r[qi], ordered, backend)
+        scan_query(packed, ids, starts, sizes, probes[qi], fbits, fcount,
+                   _slot(fbits, fslot, qi), base[qi], qlut, term, use_term, lo, hi,
+                   lut_u8, acc, rd, ri, rr, out_d[qi], out_i[qi], out_r[qi], ordered,
+                   backend)
 
 
 @njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
-def fastscan_single(packed, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
-                    use_term, out_d, out_i, out_r, ordered, backend):
+def fastscan_single(packed, ids, starts, sizes, probes, fbits, fcount, fslot, base, q,
+                    codebooks_t, kind, term, use_term, out_d, out_i, out_r, ordered,
+                    backend):
     """``fastscan_batch`` for few queries: each query prange's over its probed lists.
 
     The shared scale (pass 1) is found serially; probe p then owns row p of the
@@ -355,26 +400,36 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, q, codebooks_t, ki
     lut_u8 = np.zeros((nprobe, 2 * m2, 16), dtype=np.uint8)
     acc = np.empty((nprobe, 32), dtype=np.uint16)
     shared_u8 = np.zeros((2 * m2, 16), dtype=np.uint8)
+    filtered = is_filtered(fbits)
     for qi in range(nq):
         query_table(q[qi], codebooks_t, kind, qlut)
+        f = _slot(fbits, fslot, qi)
         sbias, sscale = 0.0, 1.0
-        if use_term:
-            sscale = query_scale(qlut, term, probes[qi], sizes, lo, hi)
+        if use_term and filtered:
+            sscale = query_scale(qlut, term, probes[qi], sizes, fcount[f], lo, hi)
+        elif use_term:
+            sscale = query_scale(qlut, term, probes[qi], sizes, None, lo, hi)
         else:
             sbias, sscale = quantize_lut_into(qlut, shared_u8)
         for p in prange(nprobe):
             nres[p] = 0
             lst = probes[qi, p]
-            if lst >= 0 and sizes[lst] > 0:
+            # A list with no allowed row (MODE_SKIP) is not read.
+            if lst >= 0 and sizes[lst] > 0 and not (filtered and fcount[f, lst] == 0):
+                bias = sbias
+                u8 = shared_u8
                 if use_term:
                     _quantize_pair(qlut, term[lst], lo[p], sscale, lut_u8[p])
+                    bias = _pair_bias(lo[p])
+                    u8 = lut_u8[p]
+                if filtered:
                     nres[p], _ = scan_list_blocks(
-                        packed, ids, starts[lst], sizes[lst], lut_u8[p], _pair_bias(lo[p]),
-                        sscale, base[qi, p], rd[p], ri[p], rr[p], 0, np.float32(np.inf),
-                        k, acc[p], backend)
+                        packed, ids, starts[lst], sizes[lst], fbits[f], u8, bias, sscale,
+                        base[qi, p], rd[p], ri[p], rr[p], 0, np.float32(np.inf), k,
+                        acc[p], backend)
                 else:
                     nres[p], _ = scan_list_blocks(
-                        packed, ids, starts[lst], sizes[lst], shared_u8, sbias, sscale,
+                        packed, ids, starts[lst], sizes[lst], None, u8, bias, sscale,
                         base[qi, p], rd[p], ri[p], rr[p], 0, np.float32(np.inf), k,
                         acc[p], backend)
         n = 0
@@ -388,8 +443,9 @@ def fastscan_single(packed, ids, starts, sizes, probes, base, q, codebooks_t, ki
 
 
 @njit(nogil=True, cache=True, fastmath=_FM)
-def fastscan_serial(packed, ids, starts, sizes, probes, base, q, codebooks_t, kind, term,
-                    use_term, out_d, out_i, out_r, ordered, backend):
+def fastscan_serial(packed, ids, starts, sizes, probes, fbits, fcount, fslot, base, q,
+                    codebooks_t, kind, term, use_term, out_d, out_i, out_r, ordered,
+                    backend):
     """``fastscan_batch`` on the calling thread (few queries over short lists)."""
     nq, nprobe = probes.shape
     m, _, ksub = codebooks_t.shape
@@ -405,6 +461,7 @@ def fastscan_serial(packed, ids, starts, sizes, probes, base, q, codebooks_t, ki
     rr = np.empty(cap, dtype=np.int64)
     for qi in range(nq):
         query_table(q[qi], codebooks_t, kind, qlut)
-        scan_query(packed, ids, starts, sizes, probes[qi], base[qi], qlut, term,
-                   use_term, lo, hi, lut_u8, acc, rd, ri, rr, out_d[qi], out_i[qi],
-                   out_r[qi], ordered, backend)
+        scan_query(packed, ids, starts, sizes, probes[qi], fbits, fcount,
+                   _slot(fbits, fslot, qi), base[qi], qlut, term, use_term, lo, hi,
+                   lut_u8, acc, rd, ri, rr, out_d[qi], out_i[qi], out_r[qi], ordered,
+                   backend)

@@ -15,8 +15,8 @@ from numba import njit, prange
 
 from ._rowkeys import lowest_bit
 
-__all__ = ["live_words", "mask_words", "range_words", "rows_words", "csr_words", "count_lists",
-           "trim_probes", "allowed_lists", "popcount32"]
+__all__ = ["live_words", "mask_words", "range_words", "rows_words", "count_lists",
+           "trim_probes", "csr_words", "gather_allowed", "popcount32"]
 
 _CHUNK = 4096  # words per prange task (128k rows)
 
@@ -163,25 +163,6 @@ def trim_probes(probes, scores, fcount, fslot, nprobe, need, out, out_scores, co
 
 
 @njit(nogil=True, cache=True)
-def allowed_lists(fcount, fslot, out):
-    """out[qi] = every list with an allowed row under query qi's filter, ascending,
-    -1 after (the probes of an exact filtered search). Returns the widest row."""
-    nlist = fcount.shape[1]
-    most = 0
-    for qi in range(fslot.shape[0]):
-        f = fslot[qi]
-        n = 0
-        for lst in range(nlist):
-            if fcount[f, lst]:
-                out[qi, n] = lst
-                n += 1
-        for p in range(n, out.shape[1]):
-            out[qi, p] = -1
-        most = max(most, n)
-    return most
-
-
-@njit(nogil=True, cache=True)
 def csr_words(lists, offs, starts, indptr, out):
     """Per-query allowed ids (CSR rows indptr) found through the id map as (lists,
     offs): set the bit of each found row in out[qi] (out (nq, nw) zeroed)."""
@@ -191,3 +172,19 @@ def csr_words(lists, offs, starts, indptr, out):
             if lists[j] >= 0:
                 r = starts[lists[j]] + offs[j]
                 fb[r >> 5] |= np.uint32(1) << np.uint32(r & 31)
+
+
+@njit(nogil=True, cache=True)
+def gather_allowed(fb, n, ids, data, out_ids, out_data):
+    """The n rows whose bits are set in fb (nw,), ascending: their ids and vectors into
+    out_ids (n,) and out_data (n, d). One pass over the words, no (rows,) temporary."""
+    j = 0
+    for w in range(fb.shape[0]):
+        bits = fb[w]
+        while bits:
+            r = (w << 5) + lowest_bit(bits)
+            bits &= bits - np.uint32(1)
+            out_ids[j] = ids[r]
+            out_data[j] = data[r]
+            j += 1
+    return j

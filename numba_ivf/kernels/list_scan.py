@@ -37,7 +37,8 @@ from ._rowkeys import key1_ip, key1_l2, keys4_ip, keys4_l2, panelkeys_ip, panelk
 from .topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
-           "scan_single", "normalize_rows_into", "coarse_few", "query_into", "search_one",
+           "scan_single", "scan_bits", "scan_bits_serial", "normalize_rows_into",
+           "coarse_few", "query_into", "search_one",
            "value_limit", "count_within"]
 
 _FM = set(FASTMATH)  # numba wants a set, not a frozenset
@@ -231,6 +232,32 @@ def scan_single(q, data, ids, starts, sizes, probes, fbits, fcount, fslot, metri
                       total * r // n_runs, total * (r + 1) // n_runs, metric, fbits,
                       fcount, f, part_d[r], part_i[r])
         merge_one(part_d, part_i, out_d[qi], out_i[qi])
+
+
+# -- exact over a filter's rows, in place ------------------------------------------------
+
+@njit(nogil=True, cache=True, fastmath=_FM)
+def _scan_bits(q, data, ids, fb, metric, hd, hi_):
+    """Sorted top-k of one query over every row whose bit is set in fb (nw,)."""
+    heap_init(hd, hi_)
+    _scan_rows_sparse(q, data, ids, 0, fb.shape[0] * 32, metric, fb, hd, hi_)
+    heap_sort(hd, hi_)
+
+
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
+def scan_bits(q, data, ids, fbits, fslot, metric, out_d, out_i):
+    """Exact top-k of each query over the rows its filter allows (fbits[fslot[qi]]),
+    read in place one key each: for a few queries, where gathering the rows first
+    would cost more than the keys. prange over queries."""
+    for qi in prange(q.shape[0]):
+        _scan_bits(q[qi], data, ids, fbits[fslot[qi]], metric, out_d[qi], out_i[qi])
+
+
+@njit(nogil=True, cache=True, fastmath=_FM)
+def scan_bits_serial(q, data, ids, fbits, fslot, metric, out_d, out_i):
+    """``scan_bits`` on the calling thread."""
+    for qi in range(q.shape[0]):
+        _scan_bits(q[qi], data, ids, fbits[fslot[qi]], metric, out_d[qi], out_i[qi])
 
 
 # -- list-major: each list read once per group of queries ------------------------------

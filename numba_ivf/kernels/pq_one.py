@@ -16,7 +16,7 @@ as a (1, d) batch:
    distance, or negated inner product, to the centroid) when encoding by residual;
 3. ``pq_encode.query_table``: the query's table;
 4. the serial scan worker: ``pq_scan.scan_query`` (8-bit) or
-   ``fastscan_search.scan_query`` (4-bit);
+   ``fastscan_search.scan_query`` (4-bit), unfiltered (``_bits`` stand-ins);
 5. with refine, ``refine.refine_rows`` (4-bit: the rows the scan kept; 8-bit: rows
    looked up from the ids, ``refine.rows_of_ids``); then ``topk.to_faiss``.
 
@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit
 
 from .._config import FASTMATH
+from ._bits import no_filter_jit
 from .fastscan_search import scan_query as fastscan_query
 from .list_scan import coarse_one_query, query_into
 from .pq_encode import query_table
@@ -105,8 +106,9 @@ def adc_search_one(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by
         return status
     cand_d = np.empty(kk, dtype=np.float32)
     cand_i = np.empty(kk, dtype=np.int64)
-    adc_query(codes, ids, starts, sizes, lists, base, qlut, term, use_term,
-              np.empty((m, ksub), dtype=np.float32), cand_d, cand_i)
+    fbits, fcount, _ = no_filter_jit()
+    adc_query(codes, ids, starts, sizes, lists, fbits, fcount, 0, base, qlut, term,
+              use_term, np.empty((m, ksub), dtype=np.float32), cand_d, cand_i)
     _epilogue(qf, refine, data, cand_d, cand_i, np.empty(0, dtype=np.int64), mkeys,
               mvlist, mvoff, mshift, starts, l2, out_d, out_i)
     return DONE
@@ -130,8 +132,10 @@ def fastscan_search_one(q, unit, panels, coarse_metric, min_run, max_runs, nprob
     cand_i = np.empty(kk, dtype=np.int64)
     cand_r = np.empty(kk, dtype=np.int64)
     cap = res_capacity(kk)
-    fastscan_query(packed, ids, starts, sizes, lists, base, qlut, term, use_term,
-                   np.empty((nprobe, m), dtype=np.float32), np.empty(m, dtype=np.float32),
+    fbits, fcount, _ = no_filter_jit()
+    fastscan_query(packed, ids, starts, sizes, lists, fbits, fcount, 0, base, qlut, term,
+                   use_term, np.empty((nprobe, m), dtype=np.float32),
+                   np.empty(m, dtype=np.float32),
                    np.zeros((2 * m2, 16), dtype=np.uint8), np.empty(32, dtype=np.uint16),
                    np.empty(cap, dtype=np.float32), np.empty(cap, dtype=np.int64),
                    np.empty(cap, dtype=np.int64), cand_d, cand_i, cand_r, not refine,
