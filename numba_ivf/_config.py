@@ -213,3 +213,11 @@ FILTER_EXACT_GATHER_MIN_QUERIES = 16
 # Per-query filters are turned into bitmaps for at most this many bytes at a time;
 # a larger batch is searched in chunks of queries.
 FILTER_BITMAP_MAX_BYTES = 256 * 1024 * 1024
+
+# -- range search ---------------------------------------------------------------------
+# A range search writes each query's results once, into a buffer segment as long as its
+# probed (allowed) rows, then compacts them (kernels/range_scan). The buffers of one
+# kernel call hold at most this many bytes (12 per probed row: key and id); a larger
+# batch runs in chunks of queries. np.empty leaves untouched pages unmapped, so a
+# tight radius costs little of it.
+RANGE_BUFFER_MAX_BYTES = 256 * 1024 * 1024

@@ -320,6 +320,56 @@ class IVFBase:
             raise KeyError(f"id {id} is not in the index.")
         return self._reconstruct_row(row)
 
+    @reading
+    def range_search(self, q, radius: float, nprobe: int = 1, *, filter=None):
+        """Every stored vector within ``radius`` of each query, among its nprobe nearest
+        lists (FAISS's ``range_search``).
+
+        Parameters
+        ----------
+        q : array-like of shape (nq, d) or (d,)
+            float32 or float64, any memory order ("cosine": normalised, as in search).
+        radius : float
+            Finite. "l2": keep squared distances < radius; "ip"/"cosine": keep scores
+            > radius.
+        nprobe : int, default 1
+            Lists scanned per query (>= 1); values above nlist are clamped to nlist.
+        filter : optional
+            Anything ``search`` accepts as a filter; rows it disallows are never
+            returned (the probed lists are the same nprobe lists).
+
+        Returns
+        -------
+        lims : ndarray of shape (nq + 1,), int64
+            Query i's results are ``D[lims[i]:lims[i + 1]]`` and ``I[...]``.
+        D : ndarray of shape (lims[-1],), float32
+            "l2": squared distances ascending; "ip"/"cosine": scores descending. IVFFlat
+            and IVFPQ with refine: exact (IVFFlat's bit for bit as in search); IVFPQ
+            without refine: PQ (ADC) approximations from float tables, for 4-bit codes
+            too (not the quantized fast-scan tables of search).
+        I : ndarray of shape (lims[-1],), int64
+            Ids; ties by ascending id.
+
+        Notes
+        -----
+        IVFPQ with refine computes exact distances over every row of the probed lists
+        (there is no k to pre-select candidates for), so its results are exact within
+        them. An empty index or no query gives ``lims`` of zeros and empty D, I.
+
+        Examples
+        --------
+        >>> import numpy as np, numba_ivf
+        >>> x = np.random.default_rng(0).standard_normal((2000, 16)).astype(np.float32)
+        >>> index = numba_ivf.IVFFlat(16, nlist=8)
+        >>> index.train(x)
+        >>> index.add(x)
+        >>> lims, D, I = index.range_search(x[:2], radius=1e-6, nprobe=8)
+        >>> lims.tolist(), I.tolist()
+        ([0, 1, 2], [0, 1])
+        """
+        from ._range import range_search
+        return range_search(self, q, radius, nprobe, filter)
+
     # -- search helpers ----------------------------------------------------------------
     def _check_search(self, q, k, nprobe):
         q = check_vectors(q, "q", d=self._d, owner=self._owner(), allow_1d=True)
