@@ -68,6 +68,8 @@ class IVFSearch:
             index.save(paths[name])
         np.save("queries.npy", queries)
         np.save("truth.npy", truth)
+        np.save("base.npy", base)
+        paths["base"] = os.path.abspath("base.npy")
         return paths
 
     def setup(self, paths, index, nprobe):
@@ -98,6 +100,50 @@ class IVFSearch:
         return len(self.q) / float(np.median(times))
 
     track_qps_batch.unit = "queries/s"
+
+
+class IVFFilteredSearch:
+    """Filtered search at random allow-lists of several selectivities (nprobe 8), with
+    the filter's conversion to row bits timed on its own and recall against exact
+    search over the allowed rows."""
+
+    params = (["flat", "pq8", "pq4-refine"], [0.5, 0.1, 0.01, 0.001])
+    param_names = ["index", "selectivity"]
+    timeout = 900
+
+    def setup_cache(self):
+        return IVFSearch.setup_cache(self)
+
+    def setup(self, paths, index, selectivity):
+        import numba_ivf
+        self.index = numba_ivf.load(paths[index])
+        self.q = np.load("queries.npy")
+        rng = np.random.default_rng(int(selectivity * 1e6))
+        self.mask = rng.random(len(self.index)) < selectivity
+        self.filter = numba_ivf.IDFilter.from_mask(self.mask)
+        self.index.search(self.q[:4], K, nprobe=8, filter=self.filter)  # compile
+
+    def time_search_batch(self, paths, index, selectivity):
+        self.index.search(self.q, K, nprobe=8, filter=self.filter)
+
+    def time_search_one_query(self, paths, index, selectivity):
+        for i in range(N_SINGLE):
+            self.index.search(self.q[i:i + 1], K, nprobe=8, filter=self.filter)
+
+    def time_filter_conversion(self, paths, index, selectivity):
+        from numba_ivf.filters import prepare
+        prepare(self.filter, self.index._lists, len(self.q))
+
+    def track_recall_at_10(self, paths, index, selectivity):
+        from numba_ivf.datasets import ground_truth
+        allowed = np.flatnonzero(self.mask)   # ids are rows: added as 0..n-1
+        sub = np.load(paths["base"])[allowed]
+        rows = ground_truth(sub, self.q, K, self.index.metric)[1]
+        truth = np.where(rows >= 0, allowed[np.maximum(rows, 0)], -1)
+        return _recall(self.index.search(self.q, K, nprobe=8, filter=self.filter)[1],
+                       truth)
+
+    track_recall_at_10.unit = "recall@10"
 
 
 class IVFTrain:
