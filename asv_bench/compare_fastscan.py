@@ -29,7 +29,7 @@ def main():
     import faiss
     import numba
 
-    from numba_ivf.kernels import fastscan as fs
+    from numba_ivf.kernels.fastscan import fastscan as fs
     numba.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -70,7 +70,7 @@ def run(root: Path, name: str, n_single: int, repeats: int, k_factor: int, nprob
     import faiss
     import numba
     import numba_ivf
-    from numba_ivf.kernels import fastscan
+    from numba_ivf.kernels.fastscan import fastscan
 
     meta = json.loads((root / name / "meta.json").read_text())
     metric_name = meta["primary_metric"]

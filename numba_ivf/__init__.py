@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "assign_nearest": "numba_ivf.kernels.assign",
-    "coarse_topk": "numba_ivf.kernels.assign",
+    "assign_nearest": "numba_ivf.kernels.assign.assign",
+    "coarse_topk": "numba_ivf.kernels.assign.assign",
     "KMeans": "numba_ivf.kmeans",
     "IVFFlat": "numba_ivf.ivf.flat",
     "IVFPQ": "numba_ivf.ivf.pq",

@@ -98,7 +98,7 @@ def check_vectors(x, name: str = "x", *, d: int | None = None, owner: str | None
 def _check_values(out: np.ndarray, name: str, max_abs: float) -> None:
     """Raise unless every entry of the float32 array ``out`` is finite and within
     ``max_abs``: one vectorised pass (no temporary array), which also catches NaN."""
-    from .kernels.list_scan import count_within
+    from .kernels.scan.list_scan import count_within
     lim = _float32_at_most(max_abs)
     flat = out.reshape(-1)
     if count_within(flat, lim) == flat.shape[0]:

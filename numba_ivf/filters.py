@@ -10,9 +10,10 @@
 * one filter per query: a sequence of nq of the above, or
   :meth:`IDFilter.per_query` (CSR rows of allowed ids).
 
-Each call turns the filter once into the index's own row order (``prepare``): one bit per
-stored row and a count of allowed rows per list (layout in ``kernels._bits``), so the
-scans test bits and never look ids up or call Python.
+Each call turns the filter once into the index's own row order (``prepare``): one bit
+per stored row and a count of allowed rows per list (layout in
+``kernels.filtering._bits``), so the scans test bits and never look ids up or call
+Python.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ class IDFilter:
     # -- evaluation over an index's rows ---------------------------------------------
     def _words(self, lists, live: np.ndarray) -> np.ndarray:
         """Bits (nw,) uint32 of the live rows of ``lists`` whose ids this allows."""
-        from .kernels import filter_bits as fb
+        from .kernels.filtering import filter_bits as fb
         op = self._op
         if op == "mask":
             out = np.empty_like(live)
@@ -278,7 +279,7 @@ def as_filter(filter, nq: int):
 
 @dataclass
 class RowFilter:
-    """A filter in an index's row order (layout in ``kernels._bits``)."""
+    """A filter in an index's row order (layout in ``kernels.filtering._bits``)."""
     fbits: np.ndarray    # (nf, nw) uint32
     fcount: np.ndarray   # (nf, nlist) int64
     fslot: np.ndarray    # (nq,) int64
@@ -294,7 +295,7 @@ def bitmap_bytes(lists, n_filters: int) -> int:
 
 def prepare(filter, lists, nq: int) -> "RowFilter | None":
     """Filter (anything ``as_filter`` takes) -> RowFilter over ``lists``' rows."""
-    from .kernels import filter_bits as fb
+    from .kernels.filtering import filter_bits as fb
     spec = as_filter(filter, nq)
     if spec is None:
         return None

@@ -15,8 +15,8 @@ import numpy as np
 from ._config import KMEANS_BOUND_SLACK, KMEANS_PARALLEL_MIN_FLOP, KMEANS_SPLIT_EPS
 from ._threads import serialized_launches, threads
 from ._validation import METRICS, check_choice, check_int, check_vectors
-from .kernels import assign as _assign
-from .kernels.kmeans_update import centroid_sums, own_sqdist, update_min_sqdist
+from .kernels.assign import assign as _assign
+from .kernels.assign.kmeans_update import centroid_sums, own_sqdist, update_min_sqdist
 
 INITS = ("random", "k-means++")
 

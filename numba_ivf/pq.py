@@ -2,7 +2,7 @@
 
 Orchestration only: training runs ``KMeans`` per sub-space (the tiled assignment),
 encoding runs the tiled assignment kernel per sub-space, decoding and distance tables
-are kernels in ``numba_ivf.kernels.pq_encode``.
+are kernels in ``numba_ivf.kernels.encode.pq_encode``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 from ._config import PQ_VALUE_LIMIT_FACTOR
 from ._threads import serialized_launches
 from ._validation import check_choice, check_int, check_vectors, value_limit
-from .kernels import assign as _assign
-from .kernels.pq_encode import pq_decode, pq_distance_tables
+from .kernels.assign import assign as _assign
+from .kernels.encode.pq_encode import pq_decode, pq_distance_tables
 
 NBITS = (4, 8)
 

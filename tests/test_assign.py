@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import numba_ivf
 from numba_ivf._config import ASSIGN_RTOL
-from numba_ivf.kernels import assign as A
+from numba_ivf.kernels.assign import assign as A
 from tests.naive.assign import best_two, tolerance
 
 DIMS = [1, 2, 3, 7, 16, 50, 128, 384, 784]
@@ -136,7 +136,7 @@ def test_coarse_topk_matches_sorted_oracle(p):
 def test_topk_score_block_equals_sorted_insertion(n, d, k, p, seed, ints, l2):
     # The two top-p workers (score block + cut for p >= ASSIGN_TOPK_SCORES_MIN_P, sorted
     # insertion below) must agree bit for bit, ties (integer data) included.
-    from numba_ivf.kernels import assign as A
+    from numba_ivf.kernels.assign import assign as A
     p = min(p, k)
     rng = np.random.default_rng(seed)
     if ints:

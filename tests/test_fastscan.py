@@ -1,4 +1,4 @@
-"""Tests of the 4-bit PQ fast-scan kernels (numba_ivf.kernels.fastscan).
+"""Tests of the 4-bit PQ fast-scan kernels (numba_ivf.kernels.fastscan.fastscan).
 
 Layered as FAISS's fast-scan tests are: packing round trip against a plain-loop
 packer; the portable uint16 kernel bit-exact with a plain-loop oracle; every SIMD
@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from numba_ivf.kernels import fastscan as fs
+from numba_ivf.kernels.fastscan import fastscan as fs
 from tests.naive import fastscan as naive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -331,7 +331,7 @@ def test_simd_machine_code_uses_vpshufb(backend, reg):
 
 _CACHE_PROBE = textwrap.dedent("""
     import json, numpy as np
-    from numba_ivf.kernels import fastscan as fs
+    from numba_ivf.kernels.fastscan import fastscan as fs
     rng = np.random.default_rng(5)
     codes = rng.integers(0, 16, size=(70, 5), dtype=np.uint8)
     packed = fs.pack_codes(codes)
@@ -372,7 +372,7 @@ def test_cache_is_not_reused_across_backends(tmp_path):
 
 
 def test_import_compiles_nothing():
-    code = ("import numba_ivf.kernels.fastscan as fs\n"
+    code = ("import numba_ivf.kernels.fastscan.fastscan as fs\n"
             "ds = [fs._block_portable, fs._block_avx2, fs._block_avx512, fs._block_neon,\n"
             "      fs.accumulate_block, fs._accumulate_list_driver, fs.quantize_lut_into]\n"
             "print(sum(len(d.signatures) for d in ds))\n")

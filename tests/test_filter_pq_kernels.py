@@ -1,5 +1,5 @@
 """Filtered IVF-PQ scans (8-bit ADC and 4-bit fast-scan): the row bitmaps of
-``kernels._bits`` against an exact oracle built from the unfiltered scan.
+``kernels.filtering._bits`` against an exact oracle built from the unfiltered scan.
 
 Oracle: the unfiltered scan with k = every live row gives each candidate of the probed
 lists its key; dropping the disallowed ids and keeping the first k (key, then id) must
@@ -13,8 +13,8 @@ import pytest
 
 import numba_ivf
 from numba_ivf._config import FILTER_SPARSE_FRACTION
-from numba_ivf.kernels import fastscan
-from numba_ivf.kernels.topk import ID_SENTINEL
+from numba_ivf.kernels.fastscan import fastscan
+from numba_ivf.kernels.common.topk import ID_SENTINEL
 
 D, NLIST, M, N = 16, 16, 8, 3000
 NPROBE = 6

@@ -417,7 +417,7 @@ TestIVFModel.settings = settings(max_examples=25, stateful_step_count=15, deadli
 @pytest.fixture
 def count_fast_calls(monkeypatch):
     """Counts calls of the fused one-query kernel (so a test knows the path was taken)."""
-    from numba_ivf.kernels import list_scan
+    from numba_ivf.kernels.scan import list_scan
     calls = []
     real = list_scan.search_one
 

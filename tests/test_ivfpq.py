@@ -97,7 +97,7 @@ def test_shared_scale_tables_equal_oracle_and_never_overflow(seed, m, nprobe, sp
     # scale as the oracle, entries <= 255 and every code's sum <= 65535 (m up to 300:
     # both terms of the scale's min bind somewhere; the float32 quantization's rounding
     # must stay inside the bound); constant rows give scale 1 and zero tables.
-    from numba_ivf.kernels import fastscan_search as fs
+    from numba_ivf.kernels.fastscan import fastscan_search as fs
     rng = np.random.default_rng(seed)
     qlut = (rng.standard_normal((m, 16)) * spread).astype(np.float32)
     term = (rng.standard_normal((nprobe, m, 16)) * spread
@@ -128,8 +128,8 @@ def test_shared_scale_tables_equal_oracle_and_never_overflow(seed, m, nprobe, sp
 
 def test_scan_list_blocks_rejects_rows_outside_the_arena():
     # The lane loop runs the unchecked block kernel: a list past the arena must raise.
-    from numba_ivf.kernels import fastscan as fsc
-    from numba_ivf.kernels import fastscan_search as fs
+    from numba_ivf.kernels.fastscan import fastscan as fsc
+    from numba_ivf.kernels.fastscan import fastscan_search as fs
     codes = np.random.default_rng(3).integers(0, 16, (40, 6), dtype=np.uint8)
     packed = fsc.pack_codes(codes)
     lut_u8 = np.zeros((6, 16), dtype=np.uint8)
@@ -141,7 +141,7 @@ def test_scan_list_blocks_rejects_rows_outside_the_arena():
     args = (None, lut_u8, 0.0, 1.0, np.float32(0), rd, ri, rr, 0,
             np.float32(np.inf), 10, acc, fsc.BACKEND)
     # Rows 8..39 (in range), every key 0: the top 10 are the 10 lowest ids (ties by id).
-    from numba_ivf.kernels.topk import res_finish
+    from numba_ivf.kernels.common.topk import res_finish
     n, _ = fs.scan_list_blocks(packed, ids, 8, 32, *args)
     out_d = np.empty(10, np.float32)
     out_i = np.empty(10, np.int64)
@@ -162,7 +162,7 @@ def test_scan_list_blocks_rejects_rows_outside_the_arena():
 def test_key_threshold_is_exact(seed, base, bias, log_scale, where):
     # s < t exactly for the sums whose dequantized key is admitted (key <= thr), at
     # every s in [0, 65535]: thresholds below, inside and above the list's key range.
-    from numba_ivf.kernels import fastscan_search as fs
+    from numba_ivf.kernels.fastscan import fastscan_search as fs
     scale = 10.0 ** log_scale
     base = np.float32(base)
     s = np.arange(65536, dtype=np.float64)
@@ -259,7 +259,7 @@ def test_portable_backend_bit_exact(data):
 
 def test_portable_backend_end_to_end_subprocess():
     code = ("import numpy as np, numba_ivf\n"
-            "from numba_ivf.kernels import fastscan\n"
+            "from numba_ivf.kernels.fastscan import fastscan\n"
             "assert fastscan.FASTSCAN_BACKEND == 'portable'\n"
             "x = np.random.default_rng(0).standard_normal((600, 8)).astype(np.float32)\n"
             "i = numba_ivf.IVFPQ(8, 4, 4, 4, refine=True, n_iter=3)\n"
@@ -446,7 +446,7 @@ def test_usage_errors_leave_index_unchanged(data):
 @pytest.fixture
 def count_one_query_calls(monkeypatch):
     """Counts calls of the fused one-query kernels (so a test knows the path was taken)."""
-    from numba_ivf.kernels import pq_one
+    from numba_ivf.kernels.scan import pq_one
     calls = []
     for name in ("adc_search_one", "fastscan_search_one"):
         real = getattr(pq_one, name)

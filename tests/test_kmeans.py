@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import numba_ivf
-from numba_ivf.kernels.kmeans_update import centroid_sums, update_min_sqdist
+from numba_ivf.kernels.assign.kmeans_update import centroid_sums, update_min_sqdist
 
 
 def test_centroid_sums_match_numpy():

@@ -94,7 +94,7 @@ def test_errors():
 def test_query_tables_equal_float64_sums(ksub):
     # The search tables (the IR kernel for ksub % 16 == 0, the loop otherwise) against
     # float64 sums, for each table kind, with strided query rows.
-    from numba_ivf.kernels import pq_encode as pe
+    from numba_ivf.kernels.encode import pq_encode as pe
     rng = np.random.default_rng(ksub)
     m, dsub = 5, 3
     cbt = rng.standard_normal((m, dsub, ksub)).astype(np.float32)

@@ -475,7 +475,7 @@ def test_filter_errors(built, queries):
 def test_chunked_buffers_and_bitmaps(built, queries, monkeypatch):
     """Buffers bounded to one query per kernel call, per-query bitmaps to one query per
     prepare: the same results."""
-    from numba_ivf.kernels import range_scan
+    from numba_ivf.kernels.scan import range_scan
     index, _, ids = built("pq8-l2")
     rows = np.random.default_rng(4).random((queries.shape[0], int(ids.max()) + 1)) < 0.5
     qp = _prep(index, queries)

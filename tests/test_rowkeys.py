@@ -1,4 +1,4 @@
-"""The exact row keys of the IVF-Flat scans and refine (kernels/_rowkeys.py)."""
+"""The exact row keys of the IVF-Flat scans and refine (kernels/scan/_rowkeys.py)."""
 
 import re
 
@@ -7,7 +7,7 @@ import pytest
 from numba import njit
 
 from numba_ivf._config import ASSIGN_VW
-from numba_ivf.kernels._rowkeys import key1_ip, key1_l2, keys4_ip, keys4_l2
+from numba_ivf.kernels.scan._rowkeys import key1_ip, key1_l2, keys4_ip, keys4_l2
 from tests.naive.search import brute_force
 
 DIMS = [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 50, 128, 784]
@@ -83,8 +83,8 @@ def test_panel_keys_match_oracle_and_do_not_depend_on_the_range(d, n, metric):
     # The coarse GEMV of a few queries over the tiled kernel's centroid panels: groups of
     # four panels and single panels must give the same bits for a centroid whatever
     # range of panels holds it.
-    from numba_ivf.kernels.assign import prepare_centroids
-    from numba_ivf.kernels.list_scan import METRIC_IP, METRIC_L2, _coarse_scores
+    from numba_ivf.kernels.assign.assign import prepare_centroids
+    from numba_ivf.kernels.scan.list_scan import METRIC_IP, METRIC_L2, _coarse_scores
     code = METRIC_L2 if metric == "l2" else METRIC_IP
     rng = np.random.default_rng(d * 1000 + n)
     cent = rng.standard_normal((n, d)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Top-k selection (kernels/topk.py): the heap and the reservoir against sorting."""
+"""Top-k selection (kernels/common/topk.py): the heap and the reservoir against sorting."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
 
-from numba_ivf.kernels.topk import (ID_SENTINEL, heap_init, heap_push, heap_sort,
+from numba_ivf.kernels.common.topk import (ID_SENTINEL, heap_init, heap_push, heap_sort,
                                     merge_topk, res_capacity, res_cut, res_finish,
                                     res_push)
 

@@ -10,11 +10,11 @@ import pytest
 
 import numba_ivf
 from numba_ivf._validation import FLT_MAX, check_vectors, value_limit
-from numba_ivf.kernels import fastscan
-from numba_ivf.kernels import fastscan_search as fs
-from numba_ivf.kernels import list_scan
-from numba_ivf.kernels._bits import no_filter
-from numba_ivf.kernels.topk import ID_SENTINEL
+from numba_ivf.kernels.fastscan import fastscan
+from numba_ivf.kernels.fastscan import fastscan_search as fs
+from numba_ivf.kernels.scan import list_scan
+from numba_ivf.kernels.filtering._bits import no_filter
+from numba_ivf.kernels.common.topk import ID_SENTINEL
 from tests.naive.search import brute_force
 
 D, NLIST, N, K = 8, 4, 400, 5

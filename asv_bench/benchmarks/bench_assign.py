@@ -67,7 +67,7 @@ class TimeCoarseTopk:
     timeout = 600
 
     def setup(self, shape, p, worker):
-        from numba_ivf.kernels.assign import prepare_centroids, topk_prepared
+        from numba_ivf.kernels.assign.assign import prepare_centroids, topk_prepared
         n, d, k = eval(shape)
         self.q = clustered(n, d, seed=3)
         self.prepared = prepare_centroids(clustered(k, d, seed=4), True)

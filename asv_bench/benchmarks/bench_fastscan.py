@@ -36,7 +36,7 @@ class FastScan:
     def setup(self, backend, M, threads):
         import numba
 
-        from numba_ivf.kernels import fastscan as fs
+        from numba_ivf.kernels.fastscan import fastscan as fs
         if backend not in fs.available_backends():
             raise NotImplementedError(f"{backend} not available on this CPU")
         if threads > numba.config.NUMBA_NUM_THREADS:
@@ -129,7 +129,7 @@ class FastScanCompile:
         import subprocess
         import sys
         code = ("import numpy as np\n"
-                "from numba_ivf.kernels import fastscan as fs\n"
+                "from numba_ivf.kernels.fastscan import fastscan as fs\n"
                 f"b = {backend!r}\n"
                 "if b in fs.available_backends():\n"
                 "    p = fs.pack_codes(np.zeros((64, 16), np.uint8))\n"

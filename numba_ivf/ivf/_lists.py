@@ -39,8 +39,8 @@ import numpy as np
 from numba import njit, prange
 
 from .._config import FASTSCAN_BLOCK, IVF_GROWTH, IVF_LIST_MIN_CAPACITY
-from ..kernels.idmap import (_EMPTY, _TOMB, _map_find, _map_from_lists, _map_insert_many,
-                             _map_lookup_many)
+from ..kernels.common.idmap import (_EMPTY, _TOMB, _map_find, _map_from_lists,
+                                    _map_insert_many, _map_lookup_many)
 
 __all__ = ["InvertedLists"]
 
@@ -405,7 +405,7 @@ class InvertedLists:
 
     def map_arrays(self):
         """The id map as (keys, vlist, voff, shift) for kernels that look ids up
-        themselves (``kernels.idmap.map_row``); built first if absent."""
+        themselves (``kernels.common.idmap.map_row``); built first if absent."""
         # Concurrent searches may both find the map absent: one builds it, and none
         # reads the four arrays while another thread replaces them.
         with _MAP_LOCK:

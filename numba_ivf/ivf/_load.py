@@ -30,7 +30,8 @@ _BUILTIN = {"IVFFlat": "numba_ivf.ivf.flat", "IVFPQ": "numba_ivf.ivf.pq"}
 # against ~20 ms for a sort) while it is at most this many bytes per stored id; sparser
 # ids are sorted instead.
 _ID_BITMAP_BYTES_PER_ID = 4
-# 4-bit codes are packed in blocks of this many vectors (kernels.fastscan's layout).
+# 4-bit codes are packed in blocks of this many vectors (the layout of
+# kernels.fastscan.fastscan).
 _FASTSCAN_BLOCK = 32
 
 
@@ -267,7 +268,7 @@ def _first_duplicate(ids, lo, hi):
 
 def _check_nibble_padding(codes, n, m, bad):
     """4-bit codes: lanes past the n stored rows and the high nibble that pads an odd m
-    are 0, as ``kernels.fastscan`` documents its packed layout."""
+    are 0, as ``kernels.fastscan.fastscan`` documents its packed layout."""
     tail = n % _FASTSCAN_BLOCK
     if tail:
         k = np.arange(tail, _FASTSCAN_BLOCK)

@@ -2,7 +2,7 @@
 
 Orchestration only: validation, the coarse step (``IVFBase._coarse``, as ``search``),
 the filter's row bits (``numba_ivf.filters.prepare``), then one kernel family of
-``numba_ivf.kernels.range_scan`` by index kind:
+``numba_ivf.kernels.scan.range_scan`` by index kind:
 
 * IVFFlat: exact keys from the stored float32 vectors (the search scan's row keys);
 * IVFPQ, refine=False: ADC keys from float tables (8-bit codes, and 4-bit codes read
@@ -104,7 +104,7 @@ def scan(index, q, radius, scores, probes, filt=None):
     """The kernels and the FAISS-convention results for prepared queries ``q`` (float32,
     normalised for cosine), their coarse ``scores`` and ``probes`` (nq, nprobe) and
     ``filt`` (fbits, fcount, fslot) or None."""
-    from ..kernels import range_scan
+    from ..kernels.scan import range_scan
     L = index._lists
     l2 = index.metric == "l2"
     thr = radius if l2 else -radius        # keys are minimised: -score < -radius

@@ -27,7 +27,7 @@ from .._config import (FILTER_BITMAP_MAX_BYTES, FILTER_EXACT_GATHER_MIN_QUERIES,
                        FILTER_EXACT_ROWS_PER_LIST, FILTER_MIN_CANDIDATES_FACTOR,
                        IVF_COARSE_SCAN_MAX_QUERIES)
 from .._validation import check_int, check_metric, check_vectors
-from ..kernels.topk import ID_SENTINEL
+from ..kernels.common.topk import ID_SENTINEL
 from ._lists import InvertedLists
 from ._rwlock import RWLock, reading, writing
 
@@ -44,7 +44,7 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     One kernel (``list_scan.normalize_rows_into``) for every path, so that a query
     searched alone (``search_one``) is rounded exactly as in a batch.
     """
-    from ..kernels.list_scan import normalize_rows_into
+    from ..kernels.scan.list_scan import normalize_rows_into
     out = np.empty(x.shape, dtype=np.float32)
     normalize_rows_into(x, out)
     return out
@@ -181,7 +181,7 @@ class IVFBase:
                                f"train(x) first.")
 
     def _set_centroids(self, centroids: np.ndarray):
-        from ..kernels.assign import prepare_centroids
+        from ..kernels.assign.assign import prepare_centroids
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self._prepared = prepare_centroids(self._centroids, self._metric == "l2")
 
@@ -194,9 +194,9 @@ class IVFBase:
         so one query gets the same lists and scores either way); larger batches use the
         tiled kernel. The choice depends only on the number of rows, never on the path.
         """
-        from ..kernels.assign import assign_prepared, topk_prepared
+        from ..kernels.assign.assign import assign_prepared, topk_prepared
         if x.shape[0] <= IVF_COARSE_SCAN_MAX_QUERIES:
-            from ..kernels.list_scan import METRIC_IP, METRIC_L2, coarse_few
+            from ..kernels.scan.list_scan import METRIC_IP, METRIC_L2, coarse_few
             keys = np.empty((x.shape[0], p), dtype=np.float32)
             lists = np.empty((x.shape[0], p), dtype=np.int64)
             l2 = self._metric == "l2"
@@ -223,7 +223,7 @@ class IVFBase:
 
         Nothing is changed if any check fails.
         """
-        from ..kernels.assign import prepare_centroids
+        from ..kernels.assign.assign import prepare_centroids
         from ..kmeans import KMeans
         x = check_vectors(x, "x", d=self._d, owner=self._owner())
         if x.shape[0] < self._nlist:
@@ -430,7 +430,7 @@ class IVFBase:
         selectivity (twice the lists that hold ``need`` allowed rows on average), and
         again with p = max_nprobe for the queries that fell short.
         """
-        from ..kernels.filter_bits import trim_probes
+        from ..kernels.filtering.filter_bits import trim_probes
         nq = q.shape[0]
         lo = max(int(rf.n_allowed.min()), 1) if rf.n_allowed.size else 1
         est = int(np.ceil(2.0 * need * self._nlist / lo))
@@ -518,9 +518,9 @@ class IVFBase:
         an allowed row through its bitmap, but one query per call slower (fashion-mnist,
         784-d: the copy cost more than the keys).
         """
-        from ..kernels import list_scan
-        from ..kernels._bits import no_filter
-        from ..kernels.filter_bits import gather_allowed
+        from ..kernels.scan import list_scan
+        from ..kernels.filtering._bits import no_filter
+        from ..kernels.filtering.filter_bits import gather_allowed
         L = self._lists
         data = L.payload["data"]
         nq = q.shape[0]

@@ -3,7 +3,7 @@
 Orchestration only. The shared IVF machinery (coarse k-means and assignment, ids,
 validation, result conventions, remove, reconstruct, save/load, the one-query check)
 lives in ``base.IVFBase``; list storage in ``_lists``; the scans, and the fused
-one-query kernel, in ``numba_ivf.kernels.list_scan``.
+one-query kernel, in ``numba_ivf.kernels.scan.list_scan``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from .._config import (
     IVF_SINGLE_RUNS_PER_THREAD,
 )
 from .._validation import check_choice
-from ..kernels import list_scan
-from ..kernels._bits import no_filter
+from ..kernels.scan import list_scan
+from ..kernels.filtering._bits import no_filter
 from ._lists import InvertedLists
 from ._load import register_kind
 from ._rwlock import reading

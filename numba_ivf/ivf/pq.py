@@ -3,9 +3,9 @@
 Orchestration only. The shared IVF machinery (coarse k-means and assignment, ids,
 validation, result conventions, remove, save/load) lives in ``base.IVFBase``; list
 storage in ``_lists`` (8-bit codes as rows, 4-bit codes as a blocked nibble payload);
-the scans in ``numba_ivf.kernels.pq_scan`` (8-bit, float tables) and
-``numba_ivf.kernels.fastscan_search`` (4-bit, quantized tables, SIMD); exact re-ranking in
-``numba_ivf.kernels.refine``.
+the scans in ``numba_ivf.kernels.scan.pq_scan`` (8-bit, float tables) and
+``numba_ivf.kernels.fastscan.fastscan_search`` (4-bit, quantized tables, SIMD); exact
+re-ranking in ``numba_ivf.kernels.scan.refine``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _pq_one():
     costs a microsecond)."""
     global _PQ_ONE
     if _PQ_ONE is None:
-        from ..kernels import pq_one
+        from ..kernels.scan import pq_one
         _PQ_ONE = pq_one
     return _PQ_ONE
 
@@ -161,8 +161,8 @@ class IVFPQ(IVFBase):
     # -- training and adding ---------------------------------------------------------
     def _train_rest(self, x: np.ndarray, centroids: np.ndarray, prepared) -> dict:
         """Train the PQ on (residuals of) a subsample of x; returns the new state."""
-        from ..kernels.assign import assign_prepared
-        from ..kernels.pq_encode import residuals
+        from ..kernels.assign.assign import assign_prepared
+        from ..kernels.encode.pq_encode import residuals
         pq = ProductQuantizer(self._d, self._m, self._nbits)
         if x.shape[0] < pq.ksub:
             raise ValueError(f"x has {x.shape[0]} rows, but training {self._owner()} "
@@ -179,7 +179,7 @@ class IVFPQ(IVFBase):
         return {"_pq": pq, "_term": None}
 
     def _encode_rows(self, x: np.ndarray, labels: np.ndarray) -> dict:
-        from ..kernels.pq_encode import residuals
+        from ..kernels.encode.pq_encode import residuals
         res = residuals(x, self._centroids, labels) if self._by_residual else x
         rows = {"codes": self._pq._encode(res)}
         if self._refine:
@@ -247,7 +247,7 @@ class IVFPQ(IVFBase):
         -----
         One C-contiguous float32/float64 row with int ``k``, ``nprobe`` and
         ``k_factor`` (path "auto") is searched by one fused kernel call
-        (``kernels.pq_one``) with results identical to the same row searched as a
+        (``kernels.scan.pq_one``) with results identical to the same row searched as a
         batch, unless its probed lists are long enough to split over threads.
         """
         if path == "auto" and _backend is None and self.is_trained and filter is None \
@@ -270,7 +270,7 @@ class IVFPQ(IVFBase):
             k_factor = check_int("k_factor", PQ_REFINE_K_FACTOR if k_factor is None
                                  else k_factor, min_value=1,
                                  max_value=PQ_REFINE_K_FACTOR_MAX)
-        from ..kernels import fastscan
+        from ..kernels.fastscan import fastscan
         backend = fastscan.get_backend(_backend)
         nq = q.shape[0]
         kk = k * k_factor if self._refine else k
@@ -323,7 +323,7 @@ class IVFPQ(IVFBase):
         return self._finish(out_d, out_i)
 
     def _search_one(self, q, k, nprobe, k_factor):
-        """One query in one kernel call (``kernels.pq_one``); None if q holds NaN, inf or
+        """One query in one kernel call (``kernels.scan.pq_one``); None if q holds NaN, inf or
         a value beyond the value limit (the general path raises) or its lists are long
         enough to split."""
         L = self._lists
@@ -355,9 +355,9 @@ class IVFPQ(IVFBase):
         cached = self.__dict__.get("_one_consts")
         if cached is not None and cached["for"] is self._prepared:
             return cached
-        from ..kernels import fastscan
-        from ..kernels.list_scan import METRIC_IP, METRIC_L2
-        from ..kernels.pq_encode import TABLE_L2, TABLE_M2IP, TABLE_NIP
+        from ..kernels.fastscan import fastscan
+        from ..kernels.scan.list_scan import METRIC_IP, METRIC_L2
+        from ..kernels.encode.pq_encode import TABLE_L2, TABLE_M2IP, TABLE_NIP
         l2 = self._metric == "l2"
         use_term = l2 and self._by_residual
         consts = {
@@ -383,7 +383,7 @@ class IVFPQ(IVFBase):
     def _table_spec(self, scores):
         """(base (nq, nprobe) float32, table kind, term table, use_term): what a scan
         adds to each query's table (``pq_encode.TABLE_*``) and to each list's key."""
-        from ..kernels.pq_encode import TABLE_L2, TABLE_M2IP, TABLE_NIP
+        from ..kernels.encode.pq_encode import TABLE_L2, TABLE_M2IP, TABLE_NIP
         l2 = self._metric == "l2"
         if l2 and self._by_residual:
             return (np.ascontiguousarray(scores, dtype=np.float32), TABLE_M2IP,
@@ -398,7 +398,7 @@ class IVFPQ(IVFBase):
         """Per-pair base (nq, nprobe), per-query tables (nq, m, ksub), term table,
         use_term: the tables the 4-bit scan builds query by query, materialised (tests
         replay them)."""
-        from ..kernels.pq_encode import query_tables, query_tables_serial
+        from ..kernels.encode.pq_encode import query_tables, query_tables_serial
         base, kind, term, use_term = self._table_spec(scores)
         fn = query_tables_serial if serial else query_tables
         cbt = self._pq.codebooks_t
@@ -417,10 +417,10 @@ class IVFPQ(IVFBase):
         """Fill (keys, ids); returns the candidates' arena rows (4-bit) or None.
 
         ``flt``: None (unfiltered), or the filters as the kernels take them
-        (``kernels._bits``): (fbits (nf, nw) uint32, fcount (nf, nlist) int64, fslot
+        (``kernels.filtering._bits``): (fbits (nf, nw) uint32, fcount (nf, nlist) int64, fslot
         (nq,) int64).
         """
-        from ..kernels._bits import no_filter
+        from ..kernels.filtering._bits import no_filter
         L = self._lists
         if flt is None:
             flt = no_filter()
@@ -442,14 +442,14 @@ class IVFPQ(IVFBase):
             flt = (fbits, fcount, fslot)
         codes = L.payload["codes"]
         if self._nbits == 8:
-            from ..kernels import pq_scan
+            from ..kernels.scan import pq_scan
             base, kind, term, use_term = self._table_spec(scores)
             fn = {"single": pq_scan.adc_scan_single, "batch": pq_scan.adc_scan_batch,
                   "serial": pq_scan.adc_scan_serial}[path]
             fn(codes, L.ids, L.starts, L.sizes, probes, *flt, base, q,
                self._pq.codebooks_t, kind, term, use_term, keys, ids)
             return None
-        from ..kernels import fastscan_search as fs
+        from ..kernels.fastscan import fastscan_search as fs
         base, kind, term, use_term = self._table_spec(scores)
         fn = {"single": fs.fastscan_single, "batch": fs.fastscan_batch,
               "serial": fs.fastscan_serial}[path]
@@ -459,7 +459,7 @@ class IVFPQ(IVFBase):
         return rows
 
     def _refine_exact(self, q, keys, ids, k, serial=False, rows=None):
-        from ..kernels.refine import refine
+        from ..kernels.scan.refine import refine
         return refine(q, self._lists, ids, k, self._metric == "l2", parallel=not serial,
                       cand_rows=rows)
 

@@ -1,4 +1,4 @@
-"""Plain-loop oracles for numba_ivf.kernels.fastscan (obviously correct, not fast)."""
+"""Plain-loop oracles for numba_ivf.kernels.fastscan.fastscan (obviously correct, not fast)."""
 
 import math
 

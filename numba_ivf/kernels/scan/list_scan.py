@@ -31,10 +31,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, VALUE_LIMIT_FACTOR
-from ._bits import MODE_ALL, MODE_DENSE, MODE_SKIP, is_filtered, list_mode, lowest_bit
+from ..._config import FASTMATH, VALUE_LIMIT_FACTOR
+from ..filtering._bits import (MODE_ALL, MODE_DENSE, MODE_SKIP, is_filtered, list_mode,
+                               lowest_bit)
 from ._rowkeys import key1_ip, key1_l2, keys4_ip, keys4_l2, panelkeys_ip, panelkeys_l2
-from .topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
+from ..common.topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
            "scan_single", "scan_bits", "scan_bits_serial", "normalize_rows_into",

@@ -41,9 +41,9 @@ from numba.core import config
 from numba.extending import (NativeValue, box, models, overload, register_model,
                              typeof_impl, unbox)
 
-from .._config import (FASTMATH, FASTSCAN_ACC_MAX, FASTSCAN_BLOCK, FASTSCAN_ENV,
+from ..._config import (FASTMATH, FASTSCAN_ACC_MAX, FASTSCAN_BLOCK, FASTSCAN_ENV,
                        FASTSCAN_LIST_CHUNK_BLOCKS, FASTSCAN_MAX_M)
-from . import _simd
+from ..simd import _simd
 from ._lutquant import quantize_rows1
 
 __all__ = [
@@ -708,7 +708,7 @@ def _check_lut(lut, name, ndim):
     if arr.shape[-2] < 1 or arr.shape[-2] > FASTSCAN_MAX_M:
         raise ValueError(f"{name} must have 1 to {FASTSCAN_MAX_M} sub-quantizers (M); got "
                          f"{arr.shape[-2]}.")
-    from .._validation import FLT_MAX, check_vectors
+    from ..._validation import FLT_MAX, check_vectors
     # Entries are distances, not vectors: any finite float32 quantizes (float64 spans).
     flat = check_vectors(arr.reshape(-1, 16), name, d=16, owner="a 4-bit PQ table",
                          max_abs=FLT_MAX)

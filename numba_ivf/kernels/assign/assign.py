@@ -23,12 +23,12 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .._config import (ASSIGN_MR, ASSIGN_NR, ASSIGN_TILE_BYTES, ASSIGN_TILE_MAX,
+from ..._config import (ASSIGN_MR, ASSIGN_NR, ASSIGN_TILE_BYTES, ASSIGN_TILE_MAX,
                        ASSIGN_TILE_MIN, ASSIGN_TILES_PER_THREAD,
                        ASSIGN_TOPK_CUT_STEPS, ASSIGN_TOPK_SCORE_BYTES,
                        ASSIGN_TOPK_SCORES_MIN_P, FASTMATH)
-from .._threads import serialized_launches
-from .._validation import check_choice, check_int, check_metric, check_vectors
+from ..._threads import serialized_launches
+from ..._validation import check_choice, check_int, check_metric, check_vectors
 from ._microkernel import dot_block
 
 VARIANTS = ("scalar", "monolithic", "tiled")

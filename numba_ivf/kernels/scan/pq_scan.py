@@ -39,12 +39,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, PQ_LUT_BUILD_MIN_ROWS, PQ_LUT_TWO_TABLES_MAX_BYTES
-from ._bits import (MODE_DENSE, MODE_SKIP, MODE_SPARSE, admits, block_lanes, is_filtered,
-                    row_list_count, row_list_mode)
+from ..._config import FASTMATH, PQ_LUT_BUILD_MIN_ROWS, PQ_LUT_TWO_TABLES_MAX_BYTES
+from ..filtering._bits import (MODE_DENSE, MODE_SKIP, MODE_SPARSE, admits, block_lanes,
+                               is_filtered, row_list_count, row_list_mode)
 from ._rowkeys import lowest_bit
-from .pq_encode import query_table
-from .topk import heap_init, heap_push, heap_sort, merge_one
+from ..encode.pq_encode import query_table
+from ..common.topk import heap_init, heap_push, heap_sort, merge_one
 
 __all__ = ["adc_scan_batch", "adc_scan_serial", "adc_scan_single"]
 

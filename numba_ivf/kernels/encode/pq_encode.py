@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH
+from ..._config import FASTMATH
 from ._pqtable import table_rows
 
 

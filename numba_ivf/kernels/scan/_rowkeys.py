@@ -28,8 +28,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .._config import ASSIGN_NR as NR
-from .._config import ASSIGN_VW as VW
+from ..._config import ASSIGN_NR as NR
+from ..._config import ASSIGN_VW as VW
 
 __all__ = ["keys4_l2", "keys4_ip", "key1_l2", "key1_ip", "panelkeys_l2", "panelkeys_ip",
            "prefetch_span", "lowest_bit"]

@@ -24,8 +24,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._irutil import is_array
-from ._irutil import splat as _splat
+from ..simd._irutil import is_array
+from ..simd._irutil import splat as _splat
 
 __all__ = ["table_rows"]
 

@@ -55,11 +55,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, RANGE_BUFFER_MAX_BYTES
-from ._bits import (MODE_ALL, MODE_SKIP, MODE_SPARSE, is_filtered, list_mode, lowest_bit,
-                    row_allowed, word_at)
+from ..._config import FASTMATH, RANGE_BUFFER_MAX_BYTES
+from ..filtering._bits import (MODE_ALL, MODE_SKIP, MODE_SPARSE, is_filtered, list_mode,
+                               lowest_bit, row_allowed, word_at)
 from ._rowkeys import key1_ip, key1_l2, keys4_ip, keys4_l2
-from .pq_encode import query_table
+from ..encode.pq_encode import query_table
 
 __all__ = ["range_flat", "range_adc", "range_nibbles", "flat_pass", "adc_pass",
            "nibble_pass", "compact", "sort_segment", "METRIC_L2", "METRIC_IP"]
@@ -370,7 +370,7 @@ def compact(offs, counts, lims, buf_k, buf_i, out_k, out_i):
 # -- Python wrappers ----------------------------------------------------------------------
 
 def _filter_arrays(filt):
-    from ._bits import no_filter
+    from ..filtering._bits import no_filter
     if filt is None:
         return no_filter()
     return (np.ascontiguousarray(filt[0], dtype=np.uint32),

@@ -19,10 +19,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, REFINE_PREFETCH_LINES
+from ..._config import FASTMATH, REFINE_PREFETCH_LINES
 from ._rowkeys import key1_ip, key1_l2, prefetch_span
-from .idmap import map_row
-from .topk import ID_SENTINEL, heap_init, heap_push, heap_sort
+from ..common.idmap import map_row
+from ..common.topk import ID_SENTINEL, heap_init, heap_push, heap_sort
 
 __all__ = ["refine", "refine_batch", "refine_rows", "refine_serial", "rows_of_ids"]
 

@@ -31,8 +31,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._irutil import is_array as _is_arr
-from ._irutil import splat as _splat
+from ..simd._irutil import is_array as _is_arr
+from ..simd._irutil import splat as _splat
 
 __all__ = ["quantize_rows", "quantize_rows1", "row_extrema"]
 

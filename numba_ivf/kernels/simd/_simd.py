@@ -14,7 +14,7 @@ neon      16 B   ``llvm.aarch64.neon.tbl1.v16i8`` (tbl)      half a pair (16 vec
 ========  =====  ==========================================  ==========================
 
 Nothing here is compiled at import: the intrinsics emit IR only when a kernel that
-calls them is compiled, and :mod:`numba_ivf.kernels.fastscan` decides in Python which
+calls them is compiled, and :mod:`numba_ivf.kernels.fastscan.fastscan` decides in Python which
 backend may be compiled at all (an x86 intrinsic compiled on aarch64 aborts LLVM with
 "Cannot select"; the typers below also refuse the wrong architecture).
 

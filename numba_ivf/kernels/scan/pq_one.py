@@ -31,14 +31,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .._config import FASTMATH
-from ._bits import no_filter_jit
-from .fastscan_search import scan_query as fastscan_query
+from ..._config import FASTMATH
+from ..filtering._bits import no_filter_jit
+from ..fastscan.fastscan_search import scan_query as fastscan_query
 from .list_scan import coarse_one_query, query_into
-from .pq_encode import query_table
+from ..encode.pq_encode import query_table
 from .pq_scan import scan_query as adc_query
 from .refine import refine_rows, rows_of_ids
-from .topk import res_capacity, to_faiss
+from ..common.topk import res_capacity, to_faiss
 
 __all__ = ["DONE", "NOT_FINITE", "TOO_BIG", "adc_search_one", "fastscan_search_one"]
 

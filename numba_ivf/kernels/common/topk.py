@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import (FASTMATH, RESERVOIR_CUT_STEPS, RESERVOIR_FACTOR,
+from ..._config import (FASTMATH, RESERVOIR_CUT_STEPS, RESERVOIR_FACTOR,
                        RESERVOIR_FINISH_SLACK)
 
 # numba accepts a set (not a frozenset) for fastmath.

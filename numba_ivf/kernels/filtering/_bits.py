@@ -24,8 +24,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from .._config import FILTER_SPARSE_FRACTION
-from ._rowkeys import lowest_bit  # noqa: F401  (re-exported: tzcnt / rbit + clz)
+from ..._config import FILTER_SPARSE_FRACTION
+from ..scan._rowkeys import lowest_bit  # noqa: F401  (re-exported: tzcnt / rbit + clz)
 
 __all__ = ["is_filtered", "row_allowed", "word_at", "lowest_bit", "list_mode",
            "MODE_SKIP", "MODE_DENSE", "MODE_SPARSE", "MODE_ALL", "no_filter",

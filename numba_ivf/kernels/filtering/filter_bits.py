@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._rowkeys import lowest_bit
+from ..scan._rowkeys import lowest_bit
 
 __all__ = ["live_words", "mask_words", "range_words", "rows_words", "count_lists",
            "trim_probes", "csr_words", "gather_allowed", "popcount32"]

@@ -45,13 +45,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTMATH, FASTSCAN_ACC_MAX
-from ._bits import MODE_SKIP, block_lanes, is_filtered, row_list_mode
+from ..._config import FASTMATH, FASTSCAN_ACC_MAX
+from ..filtering._bits import MODE_SKIP, block_lanes, is_filtered, row_list_mode
 from ._lutquant import quantize_rows, row_extrema
-from ._rowkeys import lowest_bit, prefetch_span
+from ..scan._rowkeys import lowest_bit, prefetch_span
 from .fastscan import block_sums_below, check_block_operands, quantize_lut_into
-from .pq_encode import query_table
-from .topk import res_capacity, res_cut, res_finish
+from ..encode.pq_encode import query_table
+from ..common.topk import res_capacity, res_cut, res_finish
 
 __all__ = ["fastscan_batch", "fastscan_serial", "fastscan_single", "dequantize",
            "key_threshold", "query_scale", "scan_query", "shared_scale"]

@@ -26,10 +26,10 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .._config import ASSIGN_MR as MR
-from .._config import ASSIGN_NR as NR
-from .._config import ASSIGN_VW as VW
-from ._irutil import splat as _splat
+from ..._config import ASSIGN_MR as MR
+from ..._config import ASSIGN_NR as NR
+from ..._config import ASSIGN_VW as VW
+from ..simd._irutil import splat as _splat
 
 NV = NR // VW  # vectors per accumulator row
 

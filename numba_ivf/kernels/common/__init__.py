@@ -1,0 +1,1 @@
+"""Shared pieces: top-k heaps and reservoirs, the id hash map."""

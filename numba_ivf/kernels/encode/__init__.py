@@ -1,0 +1,1 @@
+"""PQ encoding and per-query lookup-table construction."""

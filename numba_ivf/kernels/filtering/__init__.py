@@ -1,0 +1,1 @@
+"""Row filters: the bit layout the scans test and the kernels that build it from id filters."""
