@@ -21,6 +21,7 @@ import numpy as np
 
 import numba_ivf
 from numba_ivf.ivf import base as ivf_base
+from numba_ivf.ivf import flat as ivf_flat
 
 
 def _median_time(fn, repeats=5):
@@ -58,7 +59,8 @@ def main():
         mask[allowed] = True
         out = {}
         for plan, per_list in (("exact", float("inf")), ("ivf", 0.0)):
-            ivf_base.FILTER_EXACT_ROWS_PER_LIST = per_list
+            ivf_base.FILTER_EXACT_ROWS_PER_LIST = per_list   # batch path
+            ivf_flat.FILTER_EXACT_ROWS_PER_LIST = per_list   # fused one-query path
             _, I = index.search(q, 10, nprobe=8, filter=mask)
             one = q[:200]
             out[plan] = (

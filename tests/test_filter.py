@@ -282,3 +282,39 @@ def test_hypothesis_random_masks(indexes, data):
         _check_against(D_, I_, *ref, lambda i: mask[i], x, q[:6], "l2")
 
     check()
+
+
+@pytest.mark.parametrize("kind", ["flat", "flat-ip"])
+def test_flat_one_query_fused_equals_general(indexes, data, kind):
+    """One row under a shared filter takes ``list_scan.search_one_filtered``; it must
+    return what the general path returns for the same row as a (1, d) batch."""
+    _, q = data
+    index = indexes[kind]
+    rng = np.random.default_rng(21)
+    for frac in (0.6, 0.1, 0.01, 0.003, 0.0):
+        f = IDFilter.from_mask(_mask(rng, frac))
+        for qi in range(6):
+            for kw in ({}, {"min_candidates": 1}, {"max_nprobe": 2},
+                       {"min_candidates": 500}):
+                want = index.search(q[qi:qi + 1], K, nprobe=2, filter=f, path="batch",
+                                    **kw)
+                got = index.search(q[qi], K, nprobe=2, filter=f, **kw)
+                np.testing.assert_array_equal(got[1], want[1])
+                np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_prebuilt_filter_follows_mutation(data):
+    """A reused IDFilter caches its row bits per index version: add and remove must
+    invalidate them."""
+    x, q = data
+    index = _build("flat", x)
+    f = IDFilter.range(0, 3 * N + 1)      # every id, including ones added later
+    _, before = index.search(q[0], K, nprobe=1, filter=f, min_candidates=1)
+    index.remove(before[0, :3])
+    _, after = index.search(q[0], K, nprobe=1, filter=f, min_candidates=1)
+    assert not np.isin(after, before[0, :3]).any()
+    index.add(q[:1], ids=np.array([3 * N]))      # the query itself, id within range
+    _, again = index.search(q[0], K, nprobe=1, filter=f, min_candidates=1)
+    assert again[0, 0] == 3 * N
+    _, batch = index.search(q[:2], K, nprobe=1, filter=f, min_candidates=1)
+    assert batch[0, 0] == 3 * N

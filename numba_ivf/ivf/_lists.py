@@ -210,6 +210,7 @@ class InvertedLists:
         self._voff = None
         self._shift = 64
         self._map_fill = 0  # live keys + tombstones
+        self.version = 0    # bumped by every add/remove: prepared filters key on it
 
     # -- construction from stored arrays ---------------------------------------------
     @classmethod
@@ -240,6 +241,7 @@ class InvertedLists:
         self._voff = None
         self._shift = 64
         self._map_fill = 0
+        self.version = 0
         return self
 
     def adopt_arrays(self, starts, sizes, ids, arrays: dict) -> "InvertedLists":
@@ -465,6 +467,7 @@ class InvertedLists:
                                                self._shift, ids, labels, offs)
             self._map_fill += n
         self.ntotal += n
+        self.version += 1
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove the present ids (absent ones are ignored); returns how many."""
@@ -483,4 +486,5 @@ class InvertedLists:
             else:
                 _apply_moves(arr, move_dst, move_src, n_moves)
         self.ntotal -= int(n_removed)
+        self.version += 1
         return int(n_removed)

@@ -427,42 +427,49 @@ class IVFBase:
         ``need`` (or max_nprobe lists were looked at).
 
         The coarse top-p is first taken for an estimate of p from the filter's
-        selectivity (twice the lists that hold ``need`` allowed rows on average), and
-        again with p = max_nprobe for the queries that fell short.
+        selectivity (twice the lists that hold ``need`` allowed rows on average), then,
+        for the queries that fell short, for 4x as many lists at a time: a correlated
+        filter leaves many queries short of the estimate, and one jump to max_nprobe
+        cost them a full sort of the centroids (measured on fashion-mnist class 0:
+        median 75 lists needed of 980, 6x slower coarse step).
         """
-        from ..kernels.filtering.filter_bits import trim_probes
+        from ..kernels.filtering import filter_bits as fb
         nq = q.shape[0]
         lo = max(int(rf.n_allowed.min()), 1) if rf.n_allowed.size else 1
-        est = int(np.ceil(2.0 * need * self._nlist / lo))
-        p1 = min(max_nprobe, max(nprobe, est))
-        scores, probes = self._coarse(q, p1)
-        probes = np.ascontiguousarray(probes, dtype=np.int64)
-        scores = np.ascontiguousarray(scores, dtype=np.float32)
-        out = np.empty_like(probes)
-        out_s = np.empty_like(scores)
-        covered = np.empty(nq, dtype=np.int64)
-        w = trim_probes(probes, scores, rf.fcount, rf.fslot, nprobe, need, out, out_s,
-                        covered)
-        if p1 < max_nprobe:
-            short = np.flatnonzero((covered < need) & (covered < rf.n_allowed[rf.fslot]))
-            if short.size:
-                s2, p2 = self._coarse(np.ascontiguousarray(q[short]), max_nprobe)
-                p2 = np.ascontiguousarray(p2, dtype=np.int64)
-                s2 = np.ascontiguousarray(s2, dtype=np.float32)
-                o2 = np.empty_like(p2)
-                o2s = np.empty_like(s2)
-                w2 = trim_probes(p2, s2, rf.fcount, rf.fslot[short], nprobe, need, o2,
-                                 o2s, covered[short])
-                width = max(w, w2)
-                full = np.full((nq, width), -1, dtype=np.int64)
-                full_s = np.zeros((nq, width), dtype=np.float32)
-                full[:, :w] = out[:, :w]
-                full_s[:, :w] = out_s[:, :w]
-                full[short] = o2[:, :width]     # -1 / 0 past w2
-                full_s[short] = o2s[:, :width]
-                return full_s, full
-        w = max(w, 1)
-        return np.ascontiguousarray(out_s[:, :w]), np.ascontiguousarray(out[:, :w])
+        p = min(max_nprobe, max(nprobe, int(np.ceil(2.0 * need * self._nlist / lo))))
+        rounds = []
+        todo = np.arange(nq)
+        while True:
+            whole = todo.size == nq
+            qs = q if whole else np.ascontiguousarray(q[todo])
+            scores, probes = self._coarse(qs, p)
+            probes = np.ascontiguousarray(probes, dtype=np.int64)
+            scores = np.ascontiguousarray(scores, dtype=np.float32)
+            o = np.empty_like(probes)
+            o_s = np.empty_like(scores)
+            covered = np.empty(todo.size, dtype=np.int64)
+            slots = rf.fslot if whole else np.ascontiguousarray(rf.fslot[todo])
+            trim = fb.trim_probes if todo.size >= _n_threads() else fb.trim_probes_serial
+            w = trim(probes, scores, rf.fcount, slots, nprobe, need, o, o_s, covered)
+            rounds.append((todo, o, o_s, max(w, 1)))
+            if p >= max_nprobe:
+                break
+            short = (covered < need) & (covered < rf.n_allowed[slots])
+            if not short.any():
+                break
+            todo = todo[short]
+            p = min(max_nprobe, 4 * p)
+        if len(rounds) == 1:
+            _, o, o_s, w = rounds[0]
+            return np.ascontiguousarray(o_s[:, :w]), np.ascontiguousarray(o[:, :w])
+        width = max(r[3] for r in rounds)
+        out = np.full((nq, width), -1, dtype=np.int64)
+        out_s = np.zeros((nq, width), dtype=np.float32)
+        for todo, o, o_s, w in rounds:      # later rounds overwrite their queries
+            out[todo] = -1
+            out[todo, :w] = o[:, :w]
+            out_s[todo, :w] = o_s[:, :w]
+        return out_s, out
 
     def _search_filtered(self, q, k, nprobe, filter, min_candidates, max_nprobe, scan,
                          exact, out_d, out_i):

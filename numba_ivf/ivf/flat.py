@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._config import (
+    FILTER_EXACT_ROWS_PER_LIST,
     IVF_LIST_MAJOR_GROUPS_PER_THREAD,
     IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST,
     IVF_ONE_QUERY_MIN_RUN,
@@ -134,11 +135,16 @@ class IVFFlat(IVFBase):
         the same row searched as a batch; it uses one thread unless the probed lists
         hold many rows (``IVF_ONE_QUERY_MIN_RUN`` in ``_config``).
         """
-        if (path == "auto" or path == "single") and filter is None and \
-                min_candidates is None and max_nprobe is None:
+        if path == "auto" or path == "single":
             one = self._one_query(q, k, nprobe)
             if one is not None:
-                out = self._search_one(*one)
+                if filter is None and min_candidates is None and max_nprobe is None:
+                    out = self._search_one(*one)
+                elif filter is not None:
+                    out = self._search_one_filtered(*one, filter, min_candidates,
+                                                    max_nprobe)
+                else:
+                    out = None
                 if out is not None:
                     return out
         self._check_trained("search")
@@ -184,6 +190,27 @@ class IVFFlat(IVFBase):
                                   IVF_ONE_QUERY_MIN_RUN,
                                   IVF_SINGLE_RUNS_PER_THREAD * _n_threads(),
                                   out_d, out_i)
+        return (out_d, out_i) if ok else None
+
+    def _search_one_filtered(self, q, k, nprobe, filter, min_candidates, max_nprobe):
+        """One query under a shared filter in one kernel call
+        (``list_scan.search_one_filtered``), the general path's results; None for a
+        per-query filter or bad values (the general path raises)."""
+        from ..filters import IDFilter, as_filter, prepare
+        spec = as_filter(filter, 1)
+        if not isinstance(spec, IDFilter):
+            return None
+        need, maxp = self._filter_args(k, nprobe, min_candidates, max_nprobe)
+        L = self._lists
+        rf = prepare(spec, L, 1)
+        n_allowed = int(rf.n_allowed[0])
+        out_d = np.empty((1, k), dtype=np.float32)
+        out_i = np.empty((1, k), dtype=np.int64)
+        ok = list_scan.search_one_filtered(
+            q, self._prepared.panels, L.payload["data"], L.ids, L.starts, L.sizes,
+            self._metric_code, self._metric == "cosine", nprobe, need, maxp, rf.fbits,
+            rf.fcount, n_allowed, n_allowed <= FILTER_EXACT_ROWS_PER_LIST * self._nlist,
+            IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD * _n_threads(), out_d, out_i)
         return (out_d, out_i) if ok else None
 
     @property

@@ -36,10 +36,12 @@ from ..filtering._bits import (MODE_ALL, MODE_DENSE, MODE_SKIP, is_filtered, lis
                                lowest_bit)
 from ._rowkeys import key1_ip, key1_l2, keys4_ip, keys4_l2, panelkeys_ip, panelkeys_l2
 from ..common.topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
+from ..filtering.filter_bits import _trim_one
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
            "scan_single", "scan_bits", "scan_bits_serial", "normalize_rows_into",
            "coarse_few", "query_into", "search_one",
+           "search_one_filtered",
            "value_limit", "count_within"]
 
 _FM = set(FASTMATH)  # numba wants a set, not a frozenset
@@ -516,6 +518,64 @@ def search_one(q, panels, data, ids, starts, sizes, metric, unit, nprobe, min_ru
         part_i = np.empty((n_runs, k), dtype=np.int64)
         for r in prange(n_runs):
             _scan_run(qf, data, ids, starts, sizes, pl, cum, total * r // n_runs,
+                      total * (r + 1) // n_runs, metric, fbits, fcount, 0, part_d[r],
+                      part_i[r])
+        merge_one(part_d, part_i, hd, hi_)
+    to_faiss(hd, hi_, metric == METRIC_L2)
+    return True
+
+
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
+def search_one_filtered(q, panels, data, ids, starts, sizes, metric, unit, nprobe, need,
+                        max_nprobe, fbits, fcount, n_allowed, exact, min_run, max_runs,
+                        out_d, out_i):
+    """``search_one`` under one shared row filter (fbits (1, nw), fcount (1, nlist),
+    ``n_allowed`` rows; ``_bits``), with the general path's rules so that the results
+    equal the same row searched as a filtered (1, d) batch: ``exact``: top-k over every
+    allowed row in place (``scan_bits``); else the coarse keys once, the nearest p lists
+    for p = max(nprobe, twice the lists expected to hold ``need`` allowed rows), kept if
+    they hold an allowed row and while fewer than ``need`` are covered past nprobe
+    (``filter_bits.trim_probes``), p grown 4x while short, up to ``max_nprobe``; then
+    the filtered scan. Returns False, writing nothing, for NaN/inf/out-of-limit values.
+    """
+    d = q.shape[0]
+    qf = np.empty(d, dtype=np.float32)
+    if not query_into(q, unit, qf):
+        return False
+    hd = out_d[0]
+    hi_ = out_i[0]
+    if exact:
+        _scan_bits(qf, data, ids, fbits[0], metric, hd, hi_)
+        to_faiss(hd, hi_, metric == METRIC_L2)
+        return True
+    nlist = starts.shape[0]
+    scores = np.empty(panels.shape[0] * panels.shape[2], dtype=np.float32)
+    _coarse_scores(qf, panels, metric, scores, 0)
+    p = min(max_nprobe, max(nprobe, np.int64(np.ceil(2.0 * need * nlist /
+                                                    max(n_allowed, 1)))))
+    while True:
+        pd = np.empty(p, dtype=np.float32)
+        pl = np.empty(p, dtype=np.int64)
+        _select_lists(scores, nlist, pd, pl)
+        kept = np.empty(p, dtype=np.int64)
+        kept_s = np.empty(p, dtype=np.float32)
+        n, got = _trim_one(pl, pd, fcount[0], nprobe, need, kept, kept_s)
+        if p >= max_nprobe or got >= need or got >= n_allowed:
+            break
+        p = min(max_nprobe, 4 * p)
+    lists = kept[:max(n, 1)]     # kept[0] is -1 when no list holds an allowed row
+    cum = np.empty(lists.shape[0] + 1, dtype=np.int64)
+    _cum_rows(lists, sizes, fbits, fcount, 0, cum)
+    total = cum[lists.shape[0]]
+    n_runs = min(total * max(d, 64) // (64 * min_run), max_runs)
+    if n_runs <= 1:
+        _scan_query(qf, data, ids, starts, sizes, lists, metric, fbits, fcount, 0, hd, hi_)
+    else:
+        k = hd.shape[0]
+        part_d = np.empty((n_runs, k), dtype=np.float32)
+        part_i = np.empty((n_runs, k), dtype=np.int64)
+        for r in prange(n_runs):
+            _scan_run(qf, data, ids, starts, sizes, lists, cum, total * r // n_runs,
                       total * (r + 1) // n_runs, metric, fbits, fcount, 0, part_d[r],
                       part_i[r])
         merge_one(part_d, part_i, hd, hi_)
