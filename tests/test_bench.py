@@ -292,3 +292,272 @@ def test_progress_quiet_unless_tty_or_asked():
     with Progress(2, "tty", stream=t) as bar:
         bar.update(2)
     assert "2/2" in t.getvalue()
+
+
+# -- numba-ivf bench --filter ---------------------------------------------------------
+
+from numba_ivf.bench import filtered  # noqa: E402
+from numba_ivf.bench.cli import config_from_args  # noqa: E402
+from numba_ivf.datasets import Dataset  # noqa: E402
+
+
+def _fconfig(out, **kw):
+    base = dict(k=10, nlist=NLIST, nprobe=(1, NLIST), k_factor=(2,), ef=(16,), pq_m=4,
+                repeats=1, single_queries=5, out=str(out), quiet=True,
+                modes=("batch", "single"), indexes=filtered.FILTER_INDEXES, filter=True)
+    base.update(kw)
+    return BenchConfig(**base)
+
+
+def _naive_filtered_topk(base, queries, mask, k):
+    """Plain float64 loops: the k nearest allowed rows (squared l2), ties by lower id."""
+    out = np.full((queries.shape[0], k), -1, dtype=np.int64)
+    for qi, q in enumerate(queries.astype(np.float64)):
+        cand = sorted((float(((base[i].astype(np.float64) - q) ** 2).sum()), i)
+                      for i in np.flatnonzero(mask))
+        ids = [i for _, i in cand[:k]]
+        out[qi, :len(ids)] = ids
+    return out
+
+
+def test_random_filters_are_seeded_and_sized():
+    fs = filtered.random_filters(2000, (0.5, 0.1, 0.001), seed=3)
+    assert [f.name for f in fs] == ["random 50%", "random 10%", "random 0.1%"]
+    assert [f.n_allowed for f in fs] == [1000, 200, 2]
+    assert all(f.kind == "random" and f.mask.dtype == bool for f in fs)
+    again = filtered.random_filters(2000, (0.1,), seed=3)[0]
+    assert np.array_equal(again.mask, fs[1].mask)  # independent of the other fractions
+    other = filtered.random_filters(2000, (0.1,), seed=4)[0]
+    assert not np.array_equal(other.mask, fs[1].mask)
+    assert filtered.random_filters(10, (0.001,))[0].n_allowed == 1  # at least one id
+    with pytest.raises(ValueError, match=r"filter fractions must be in \(0, 1\]; got 0"):
+        filtered.random_filters(10, (0.0,))
+
+
+def test_correlated_filters(tmp_path):
+    syn = make_synthetic(n=3000, nq=5, d=4, n_clusters=8, seed=1)
+    f = filtered.correlated_filter(syn)
+    labels = syn.meta["base_labels"]
+    c = int(f.name.split()[1])
+    assert f.kind == "correlated" and np.array_equal(f.mask, labels == c)
+    share = np.bincount(labels) / 3000
+    assert abs(share[c] - 0.1) == np.abs(share - 0.1).min()
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    np.save(fm / "base_labels.npy", np.arange(40) % 4)
+    ds = Dataset("fashion-mnist-784", x, x[:2], None, "l2", source=str(fm))
+    f = filtered.correlated_filter(ds)
+    assert f.name == "class 0 (T-shirt/top)" and f.n_allowed == 10
+    assert np.array_equal(np.flatnonzero(f.mask), np.arange(0, 40, 4))
+
+    gl = tmp_path / "gl"
+    gl.mkdir()
+    src = np.arange(40) * 2000  # source rows 0, 2000, ..., 78000
+    np.save(gl / "base_source_ids.npy", src.astype(np.int32))
+    ds = Dataset("glove-50", x, x[:2], None, "cosine", source=str(gl))
+    f = filtered.correlated_filter(ds)
+    assert f.name == "top 40k words"
+    assert np.array_equal(f.mask, src < filtered.GLOVE_FREQUENT_WORDS)
+    # Source ids of other data say nothing about frequency: no correlated filter.
+    ds = Dataset("other", x, x[:2], None, "l2", source=str(gl))
+    assert filtered.correlated_filter(ds) is None
+    notes = []
+    fs = filtered.make_filters(ds, (0.5,), notes=notes)
+    assert len(fs) == 1 and "no correlated filter" in notes[0]
+
+
+def test_filtered_ground_truth_against_naive():
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((300, 5)).astype(np.float32)
+    base[7] = base[3]  # a duplicate: tie broken by the lower id
+    q = rng.standard_normal((6, 5)).astype(np.float32)
+    q[0] = base[3] + 1e-3
+    mask = rng.random(300) < 0.2
+    mask[[3, 7]] = True
+    _, I = filtered.filtered_ground_truth(base, q, mask, 10, "l2")
+    assert np.array_equal(I, _naive_filtered_topk(base, q, mask, 10))
+    assert mask[I].all()
+    few = np.zeros(300, dtype=bool)
+    few[[5, 250]] = True
+    _, I = filtered.filtered_ground_truth(base, q, few, 4, "l2")
+    assert np.array_equal(I, _naive_filtered_topk(base, q, few, 4))
+    assert (I[:, 2:] == -1).all() and set(I[:, :2].ravel()) == {5, 250}
+    _, I = filtered.filtered_ground_truth(base, q, np.zeros(300, dtype=bool), 3, "l2")
+    assert (I == -1).all()
+
+
+def test_tie_aware_recall():
+    base = np.array([[0.0], [1.0], [-1.0], [2.0], [3.0], [1.0]], dtype=np.float32)
+    q = np.zeros((1, 1), dtype=np.float32)
+    mask = np.array([True, True, True, True, True, False])
+    gt = np.array([[0, 1, 2]])  # ids 1 and 2 tie at distance 1
+    r = filtered.tie_aware_recall(gt, gt, base, q, mask, 3, "l2")
+    assert r == {"recall": 1.0, "recall_ids": 1.0, "violations": 0, "short_rows": 0}
+    # k=2: the true top-2 is (0, 1); (0, 2) is as good, id overlap says otherwise.
+    r = filtered.tie_aware_recall(np.array([[0, 2]]), gt, base, q, mask, 2, "l2")
+    assert r["recall"] == 1.0 and r["recall_ids"] == 0.5
+    # Id 5 also ties but is not allowed: a violation, not a hit; repeats count once.
+    r = filtered.tie_aware_recall(np.array([[0, 5, 0]]), gt, base, q, mask, 3, "l2")
+    assert r["recall"] == pytest.approx(1 / 3) and r["violations"] == 1
+    assert r["short_rows"] == 1
+    # Fewer allowed rows than k: only the -1-free part of the ground truth counts.
+    r = filtered.tie_aware_recall(np.array([[3, -1, -1]]), np.array([[3, -1, -1]]), base,
+                                  q, mask, 3, "l2")
+    assert r["recall"] == 1.0 and r["short_rows"] == 0
+    r = filtered.tie_aware_recall(np.array([[4, 3]]), np.array([[3, 4]]), base, q, mask,
+                                  1, "cosine")
+    assert r["recall"] == 1.0  # same direction: cosine distance ties
+    with pytest.raises(ValueError, match=r"I has 2 rows but gt has 1"):
+        filtered.tie_aware_recall(np.zeros((2, 3), int), gt, base, q, mask, 3, "l2")
+
+
+@pytest.fixture(scope="session")
+def filtered_faiss_hnsw_run(tiny, tmp_path_factory, no_repeat_floor):
+    pytest.importorskip("faiss")
+    pytest.importorskip("hnswlib")
+    out = tmp_path_factory.mktemp("filtered")
+    cfg = _fconfig(out, libs=("faiss", "hnswlib"), indexes=("ivfflat",))
+    return filtered.run_filtered_benchmark(cfg, dataset=tiny), out
+
+
+def test_filtered_outputs(filtered_faiss_hnsw_run, tiny):
+    results, out = filtered_faiss_hnsw_run
+    on_disk = json.loads((out / "filter_results.json").read_text())
+    assert on_disk["outputs"] == {"plot": "filter_recall_qps.png",
+                                  "json": "filter_results.json",
+                                  "tables": "filter_tables.txt"}
+    names = [f["name"] for f in on_disk["filters"]]
+    assert names[:4] == ["random 50%", "random 10%", "random 1%", "random 0.1%"]
+    assert names[4].startswith("cluster ") and len(names) == 5
+    assert [f["n_allowed"] for f in on_disk["filters"][:4]] == [1000, 200, 20, 2]
+    pts = on_disk["points"]
+    assert {(p["library"], p["index"]) for p in pts} == {("faiss", "ivfflat"),
+                                                         ("hnswlib", "hnsw")}
+    for p in pts:
+        assert p["violations"] == 0 and 0.0 <= p["recall"] <= 1.0 and p["qps"] > 0
+        assert p["n_queries"] == (40 if p["mode"] == "batch" else 5)
+        assert p["threads"] == 1 or p["library"] != "hnswlib"
+    by = {(p["library"], p["filter"], p["mode"], tuple(p["params"].values())): p
+          for p in pts}
+    for name in names:
+        # Every list probed: exact over the allowed rows, whatever the filter.
+        assert by[("faiss", name, "batch", (NLIST,))]["recall"] == 1.0
+        # hnswlib returns what it can when fewer than k rows are allowed (2 here).
+        assert ("hnswlib", name, "single", (16,)) in by
+    assert by[("hnswlib", "random 0.1%", "batch", (16,))]["recall"] == 1.0
+    conv = {(c["library"], c["filter"]) for c in on_disk["conversions"]}
+    assert conv == {(lib, n) for lib in ("faiss", "hnswlib") for n in names}
+    assert any("num_threads=1" in n for n in on_disk["notes"])
+    text = (out / "filter_tables.txt").read_text()
+    assert text == results["tables"] == filtered.render_tables(on_disk)
+    assert "== batch (all queries in one call) ==" in text
+    assert "== single (one query per call) ==" in text
+    assert "random 0.1%: 2 allowed (0.1%)" in text and "conversion: faiss ivfflat" in text
+    assert "BLAS (threadpoolctl): " in text and "numpy: " in text
+    assert "load average" in text
+    png = (out / "filter_recall_qps.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_render_tables_ratio_and_targets():
+    pts = []
+    for lib, qps in (("numba_ivf", (300.0, 100.0)), ("faiss", (100.0, 50.0))):
+        for (nprobe, recall), q in zip(((4, 0.92), (16, 0.97)), qps):
+            pts.append({"library": lib, "index": "ivfflat", "filter": "f", "mode": "batch",
+                        "params": {"nprobe": nprobe}, "recall": recall, "qps": q,
+                        "violations": 0})
+    pts.append({"library": "faiss", "index": "ivfpq4-refine", "filter": "f",
+                "mode": "batch", "params": {"nprobe": 4, "k_factor": 2}, "recall": 0.91,
+                "qps": 80.0, "violations": 0})
+    results = {"dataset": {"name": "x", "n": 100, "d": 2, "metric": "l2", "k": 10,
+                           "n_queries": 5},
+               "machine": {"threads": 2}, "points": pts, "conversions": [],
+               "filters": [{"name": "f", "n_allowed": 10, "fraction": 0.1}]}
+    text = filtered.render_tables(results)
+    row = next(line for line in text.splitlines() if "numba_ivf  ivfflat" in line)
+    assert "300 (nprobe=4)" in row and "100 (nprobe=16)" in row
+    assert "3.00x" in row and "2.00x" in row
+    row = next(line for line in text.splitlines() if "faiss      ivfpq4-refine" in line)
+    assert "80 (nprobe=4 k_factor=2)" in row and row.split()[5] == "-"  # 0.95 unmet
+
+
+def test_filtered_numba_ivf(tiny, tmp_path, no_repeat_floor):
+    """numba_ivf's filtered search where it exists; otherwise skipped with a reason."""
+    results = filtered.run_filtered_benchmark(
+        _fconfig(tmp_path, libs=("numba_ivf",), filter_fractions=(0.1, 0.001),
+                 correlated=False), dataset=tiny)
+    for s in results["skipped"]:
+        assert "is not importable" in s["reason"] or "no filter=" in s["reason"], (
+            f"numba_ivf {s['index']} raised inside the filtered sweep: {s['reason']}")
+    for p in results["points"]:
+        assert p["violations"] == 0, p
+        if p["index"] == "ivfflat" and p["params"]["nprobe"] == NLIST:
+            assert p["recall"] == 1.0
+        if p["filter"] == "random 0.1%":  # 2 allowed rows: searched exactly
+            assert p["recall"] == 1.0
+    for c in results["conversions"]:
+        assert c["one_query_mask_s"] > 0 and c["one_query_unfiltered_s"] > 0
+
+
+def test_cli_filter(tmp_path, capsys, no_repeat_floor):
+    pytest.importorskip("faiss")
+    rc = main(["--filter", "--quick", "--n", "1500", "--nq", "12", "--d", "8",
+               "--libs", "faiss", "--indexes", "ivfflat", "--nprobe", "1,8",
+               "--nlist", "8", "--filter-fractions", "0.2,0.01", "--no-correlated",
+               "--repeats", "1", "--single-queries", "4", "--no-plot", "--no-progress",
+               "--out", str(tmp_path), "--threads", "1"])
+    assert rc == 0
+    data = json.loads((tmp_path / "filter_results.json").read_text())
+    assert data["command"].startswith("numba-ivf bench --filter --quick")
+    assert [f["name"] for f in data["filters"]] == ["random 20%", "random 1%"]
+    assert {p["mode"] for p in data["points"]} == {"batch", "single"}  # --filter: both
+    assert data["machine"]["threads"] == 1
+    assert not (tmp_path / "filter_recall_qps.png").exists()
+    captured = capsys.readouterr()
+    assert "Filtered search: synthetic-1500x8" in captured.out
+    assert "random 1%: 15 allowed (1%)" in captured.out
+    assert "wrote filter_results.json, filter_tables.txt" in captured.err
+
+
+def test_cli_filter_defaults_and_errors(capsys):
+    p = build_parser()
+    cfg = config_from_args(p.parse_args(["--filter"]))
+    assert cfg.filter and cfg.modes == ("batch", "single")
+    assert cfg.indexes == ("ivfflat", "ivfpq4-refine") and cfg.correlated
+    cfg = config_from_args(p.parse_args(["--filter", "--mode", "batch", "--indexes",
+                                         "ivfpq", "--min-candidates", "50"]))
+    assert cfg.modes == ("batch",) and cfg.indexes == ("ivfpq",)
+    assert cfg.min_candidates == 50
+    cfg = config_from_args(p.parse_args([]))  # without --filter nothing changes
+    assert not cfg.filter and cfg.modes == ("batch",) and cfg.indexes == harness.INDEXES
+    with pytest.raises(SystemExit):
+        p.parse_args(["--filter-fractions", "0.5,2"])
+    assert "--filter-fractions values must be in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        p.parse_args(["--filter-fractions", "half"])
+    assert "--filter-fractions must be a comma-separated list" in capsys.readouterr().err
+
+
+def test_filtered_failure_is_per_filter(tiny, tmp_path, monkeypatch, no_repeat_floor):
+    pytest.importorskip("faiss")
+    real = filtered._FaissFiltered.fsearch
+
+    def flaky(self, q, params, state):
+        if state[0].size and np.unpackbits(state[0]).sum() == 2:  # the 0.1% filter
+            raise RuntimeError("boom")
+        return real(self, q, params, state)
+
+    monkeypatch.setattr(filtered._FaissFiltered, "fsearch", flaky)
+    results = filtered.run_filtered_benchmark(
+        _fconfig(tmp_path, libs=("faiss",), indexes=("ivfflat",), modes=("batch",),
+                 correlated=False), dataset=tiny)
+    assert {p["filter"] for p in results["points"]} == {"random 50%", "random 10%",
+                                                        "random 1%"}
+    assert results["skipped"] == [{"library": "faiss", "index": "ivfflat",
+                                   "filter": "random 0.1%",
+                                   "reason": "RuntimeError('boom')"}]
+    assert any("random 0.1% failed and was skipped" in n for n in results["notes"])
+    assert results["builds"][0]["error"] is None

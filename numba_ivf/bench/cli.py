@@ -1,5 +1,7 @@
 """``numba-ivf bench``: command-line front end of the recall/QPS harness.
 
+``--filter`` runs the filtered-search sweep of :mod:`numba_ivf.bench.filtered` instead.
+
 :func:`main` receives the arguments after ``bench``; the console script
 ``numba-ivf`` and ``python -m numba_ivf`` dispatch to it.
 """
@@ -19,7 +21,30 @@ examples:
   numba-ivf bench --quick
   numba-ivf bench --dataset /root/ann-data/glove-50 --k 10 --mode both --out glove
   numba-ivf bench --dataset sift_base.fvecs --metric l2 --libs numba_ivf,faiss
+  numba-ivf bench --filter --quick --dataset glove-50 --out filter-glove
 """
+
+
+class _Explicit(argparse.Action):
+    """Store the value and remember that the option was given (defaults differ with
+    --filter only for options left out)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.explicit = getattr(namespace, "explicit", frozenset()) | {self.dest}
+
+
+def _fraction_list(text: str) -> tuple:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--filter-fractions must be a comma-separated list of numbers such as "
+            f"0.5,0.01; got {text!r}") from None
+    if not values or not all(0.0 < v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(
+            f"--filter-fractions values must be in (0, 1]; got {text!r}")
+    return values
 
 
 def _int_list(name):
@@ -100,8 +125,9 @@ def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
     s.add_argument("--libs", type=_choice_list("--libs", LIBRARIES), metavar="LIST",
                    default=LIBRARIES, help=f"default {','.join(LIBRARIES)}")
     s.add_argument("--indexes", type=_choice_list("--indexes", INDEXES), metavar="LIST",
-                   default=INDEXES, help=f"IVF indexes (default {','.join(INDEXES)}); "
-                                         f"hnswlib always builds HNSW")
+                   default=INDEXES, action=_Explicit,
+                   help=f"IVF indexes (default {','.join(INDEXES)}; ivfflat,ivfpq4-refine "
+                        f"with --filter); hnswlib always builds HNSW")
     s.add_argument("--nlist", type=_positive_int("--nlist"), default=None,
                    help="inverted lists (default round(4 * sqrt(n)))")
     s.add_argument("--nprobe", type=_int_list("--nprobe"), default=None, metavar="LIST",
@@ -117,8 +143,9 @@ def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
                    help="PQ sub-quantizers, must divide d (default: largest divisor "
                         "of d up to min(d/2, 64))")
     s.add_argument("--mode", choices=["batch", "single", "both"], default="batch",
+                   action=_Explicit,
                    help="batch: all queries per call; single: one query per call in a "
-                        "Python loop (latency); both (default batch)")
+                        "Python loop (latency); both (default batch; both with --filter)")
     s.add_argument("--single-queries", type=_positive_int("--single-queries"),
                    default=None, help="queries timed in single mode (default 1000; 100 "
                                       "with --quick)")
@@ -130,6 +157,23 @@ def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
                    help="small sweep for a first look (minutes, not hours)")
     s.add_argument("--strict", action="store_true",
                    help="stop on the first failing library instead of skipping it")
+
+    f = p.add_argument_group("filtered search (--filter)")
+    f.add_argument("--filter", action="store_true",
+                   help="sweep filtered search instead: random allow-lists of 50%%, 10%%, "
+                        "1%%, 0.1%% of the base and the dataset's correlated filter, each "
+                        "against exact filtered ground truth; writes filter_results.json, "
+                        "filter_tables.txt, filter_recall_qps.png and prints the tables. "
+                        "Default nprobe sweep 1,2,4,... up to nlist (1,4,16,64,256,nlist "
+                        "with --quick); queries 500 (200 with --quick), 200 single (50)")
+    f.add_argument("--filter-fractions", type=_fraction_list, default=None,
+                   metavar="LIST", help="random allow-list sizes as fractions of the base "
+                                        "(default 0.5,0.1,0.01,0.001)")
+    f.add_argument("--no-correlated", dest="correlated", action="store_false",
+                   help="leave out the dataset's correlated filter")
+    f.add_argument("--min-candidates", type=_positive_int("--min-candidates"),
+                   default=None, help="min_candidates for numba_ivf's filtered search "
+                                      "(default: its own, 10 * k)")
 
     o = p.add_argument_group("output")
     o.add_argument("--out", default="bench-results",
@@ -149,17 +193,27 @@ def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, command: str = "") -> BenchConfig:
     """Turn parsed arguments into a :class:`BenchConfig`."""
-    modes = ("batch", "single") if args.mode == "both" else (args.mode,)
+    explicit = getattr(args, "explicit", frozenset())
+    mode, indexes = args.mode, tuple(args.indexes)
+    if args.filter:
+        from .filtered import FILTER_INDEXES
+        if "mode" not in explicit:
+            mode = "both"
+        if "indexes" not in explicit:
+            indexes = FILTER_INDEXES
+    modes = ("batch", "single") if mode == "both" else (mode,)
     return BenchConfig(
         dataset=args.dataset, metric=args.metric, k=args.k, libs=tuple(args.libs),
-        indexes=tuple(args.indexes), nlist=args.nlist, nprobe=args.nprobe,
+        indexes=indexes, nlist=args.nlist, nprobe=args.nprobe,
         k_factor=args.k_factor, ef=args.ef, pq_m=args.pq_m, modes=modes,
         threads=args.threads, max_queries=args.max_queries,
         single_queries=args.single_queries, repeats=args.repeats, quick=args.quick,
         out=args.out, seed=args.seed, synthetic_n=args.synthetic_n,
         synthetic_nq=args.synthetic_nq, synthetic_d=args.synthetic_d,
         synthetic_clusters=args.synthetic_clusters, progress=args.progress,
-        quiet=args.quiet, strict=args.strict, plot=args.plot, command=command)
+        quiet=args.quiet, strict=args.strict, plot=args.plot, command=command,
+        filter=args.filter, filter_fractions=args.filter_fractions,
+        correlated=args.correlated, min_candidates=args.min_candidates)
 
 
 def main(argv=None) -> int:
@@ -174,7 +228,13 @@ def main(argv=None) -> int:
     command = "numba-ivf bench " + " ".join(shlex.quote(a) for a in argv)
     cfg = config_from_args(args, command.strip())
     try:
-        results = run_benchmark(cfg)
+        if cfg.filter:
+            from .filtered import print_tables, run_filtered_benchmark
+            results = run_filtered_benchmark(cfg)
+            if not cfg.quiet:
+                print_tables(results)
+        else:
+            results = run_benchmark(cfg)
     except (ValueError, ImportError, OSError) as exc:
         if cfg.strict:
             raise

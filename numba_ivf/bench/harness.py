@@ -96,6 +96,12 @@ class BenchConfig:
     strict: bool = False
     plot: bool = True
     command: str = ""
+    # --filter (numba_ivf.bench.filtered): allow-list fractions, whether to add the
+    # dataset's correlated filter, and min_candidates passed to numba_ivf's search.
+    filter: bool = False
+    filter_fractions: tuple | None = None
+    correlated: bool = True
+    min_candidates: int | None = None
 
 
 # -- small helpers --------------------------------------------------------------------
