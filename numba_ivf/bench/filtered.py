@@ -13,10 +13,11 @@ boolean mask over the ids 0..n-1) is swept over the index's search parameter:
 
 Libraries and what they are handed:
 
-* numba_ivf ``IVFFlat`` / ``IVFPQ``: ``search(q, k, nprobe=p, filter=mask)`` with the
-  boolean mask itself, as a user would pass it (plus ``k_factor`` for
-  ``ivfpq4-refine``, ``min_candidates`` when given); the sweep is over nprobe, which a
-  filtered search treats as a minimum.
+* numba_ivf ``IVFFlat`` / ``IVFPQ``: ``search(q, k, nprobe=p, filter=f)`` with f =
+  ``IDFilter.from_mask(mask)`` built once and reused, as FAISS's selector is (plus
+  ``k_factor`` for ``ivfpq4-refine``, ``min_candidates`` when given); the sweep is
+  over nprobe, which a filtered search treats as a minimum. The conversion line also
+  times the raw boolean mask passed per call.
 * FAISS (the same index kinds the harness builds): ``SearchParametersIVF(sel=
   IDSelectorBitmap(n, packbits(mask, bitorder="little")), nprobe=p)`` (wrapped in
   ``IndexRefineSearchParameters`` for ``ivfpq4-refine``), built once per filter and
@@ -365,7 +366,11 @@ class _NumbaFiltered(_h._NumbaIVFRunner):
         self.compile_s = time.perf_counter() - t0
 
     def prepare(self, filt: Filter):
-        return filt.mask
+        # Built once and reused, as FAISS's IDSelectorBitmap is: its row bits are then
+        # computed on the first call and cached while the index is unchanged. A raw
+        # mask per call repays the conversion each time (the "bool mask" line).
+        from numba_ivf import IDFilter
+        return IDFilter.from_mask(filt.mask)
 
     def _fsearch(self, idx, q, params, f):
         kw = {"nprobe": params["nprobe"], "filter": f}
