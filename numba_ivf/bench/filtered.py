@@ -751,21 +751,7 @@ def _run_one(cfg, ctx, runner, filters, gts, raw_base, base, queries, single_sel
     n_steps = 2 + len(filters) * (1 + len(params) * len(modes))
     with Progress(n_steps, f"{label:<24}", enabled=_h._bar(cfg)) as bar:
         try:
-            if hasattr(runner, "warmup"):
-                bar.update(0, "compiling")
-                try:
-                    runner.warmup(base, queries)
-                    build["compile_s"] = runner.compile_s
-                except Exception as exc:  # the real build reports the real error
-                    results["notes"].append(f"{label}: warm-up failed ({exc!r})")
-            bar.update(0, "training")
-            t0 = time.perf_counter()
-            runner.train(base)
-            build["train_s"] = time.perf_counter() - t0
-            bar.update(1, "adding")
-            t0 = time.perf_counter()
-            runner.add(base)
-            build["add_s"] = time.perf_counter() - t0
+            _h.build_runner(runner, base, queries, bar, build, results["notes"], label)
             bar.update(1, "searching")
             q1 = queries[single_sel[0]:single_sel[0] + 1]
             for filt, gt in zip(filters, gts):

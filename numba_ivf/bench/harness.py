@@ -641,6 +641,26 @@ def run_benchmark(cfg: BenchConfig, dataset: _ds.Dataset | None = None) -> dict:
     return results
 
 
+def build_runner(runner, base, queries, bar, build, notes, label) -> None:
+    """Warm up (compile outside the timings), train and add, timing each into
+    ``build``; a failed warm-up is noted and the real build reports the real error."""
+    if hasattr(runner, "warmup"):
+        bar.update(0, "compiling")
+        try:
+            runner.warmup(base, queries)
+            build["compile_s"] = runner.compile_s
+        except Exception as exc:
+            notes.append(f"{label}: warm-up failed ({exc!r})")
+    bar.update(0, "training")
+    t0 = time.perf_counter()
+    runner.train(base)
+    build["train_s"] = time.perf_counter() - t0
+    bar.update(1, "adding")
+    t0 = time.perf_counter()
+    runner.add(base)
+    build["add_s"] = time.perf_counter() - t0
+
+
 def _run_one(cfg, ctx, runner, ds, base, queries, single_q, results) -> None:
     label = f"{runner.library} {runner.index}"
     params = runner.params()
@@ -652,21 +672,7 @@ def _run_one(cfg, ctx, runner, ds, base, queries, single_q, results) -> None:
              "memory_method": None, "error": None}
     with Progress(n_steps, f"{label:<24}", enabled=_bar(cfg)) as bar:
         try:
-            if hasattr(runner, "warmup"):
-                bar.update(0, "compiling")
-                try:
-                    runner.warmup(base, queries)
-                    build["compile_s"] = runner.compile_s
-                except Exception as exc:  # the real build reports the real error
-                    results["notes"].append(f"{label}: warm-up failed ({exc!r})")
-            bar.update(0, "training")
-            t0 = time.perf_counter()
-            runner.train(base)
-            build["train_s"] = time.perf_counter() - t0
-            bar.update(1, "adding")
-            t0 = time.perf_counter()
-            runner.add(base)
-            build["add_s"] = time.perf_counter() - t0
+            build_runner(runner, base, queries, bar, build, results["notes"], label)
             build["build_s"] = build["train_s"] + build["add_s"]
             mem = runner.memory_bytes()
             if mem is not None:
