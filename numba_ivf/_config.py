@@ -210,6 +210,11 @@ FILTER_EXACT_ROWS_PER_LIST = 1.0
 # this many queries share it (the copy is paid once, the keys then come four rows at a
 # time); fewer queries read the rows in place.
 FILTER_EXACT_GATHER_MIN_QUERIES = 16
+# The one-query exact kernel of IVF-PQ + refine prefetches each allowed row this many
+# rows ahead (a power of two: a ring buffer). The allowed rows sit at random places in
+# the arena; measured (100k x 64, 1009 allowed rows): 64 us without prefetch, 42-45 us
+# at 4-16 ahead, 47 us at 32.
+FILTER_EXACT_PREFETCH_ROWS = 8
 # Per-query filters are turned into bitmaps for at most this many bytes at a time;
 # a larger batch is searched in chunks of queries.
 FILTER_BITMAP_MAX_BYTES = 256 * 1024 * 1024

@@ -412,7 +412,9 @@ class IVFBase:
             if maxp < nprobe:
                 raise ValueError(f"max_nprobe must be >= nprobe; got max_nprobe="
                                  f"{max_nprobe} and nprobe={nprobe}.")
-        return max(need, k), maxp
+        # Covered rows never pass the index's size: the cap changes no result and keeps
+        # a huge min_candidates within the kernels' int64.
+        return min(max(need, k), len(self) + 1), maxp
 
     def _exact_queries(self, rf) -> np.ndarray:
         """Which queries a filtered search answers exactly over their allowed rows

@@ -197,10 +197,13 @@ class IVFFlat(IVFBase):
         (``list_scan.search_one_filtered``), the general path's results; None for a
         per-query filter or bad values (the general path raises)."""
         from ..filters import IDFilter, as_filter, prepare
-        spec = as_filter(filter, 1)
+        try:
+            spec = as_filter(filter, 1)
+            need, maxp = self._filter_args(k, nprobe, min_candidates, max_nprobe)
+        except (TypeError, ValueError):
+            return None       # the general path raises, in its order (q first)
         if not isinstance(spec, IDFilter):
             return None
-        need, maxp = self._filter_args(k, nprobe, min_candidates, max_nprobe)
         L = self._lists
         rf = prepare(spec, L, 1)
         n_allowed = int(rf.n_allowed[0])

@@ -260,6 +260,17 @@ class IVFPQ(IVFBase):
                 out = self._search_one(*one, kf)
                 if out is not None:
                     return out
+        elif path == "auto" and _backend is None and filter is not None \
+                and self.is_trained:
+            one = self._one_query(q, k, nprobe)
+            kf = PQ_REFINE_K_FACTOR if k_factor is None else k_factor
+            if (one is not None and type(kf) is int
+                    and 1 <= kf <= PQ_REFINE_K_FACTOR_MAX
+                    and (self._refine or k_factor is None)):
+                out = self._search_one_filtered(*one, kf, filter, min_candidates,
+                                                max_nprobe)
+                if out is not None:
+                    return out
         self._check_trained("search")
         q, k, nprobe = self._check_search(q, k, nprobe)
         check_choice("path", path, PQ_SEARCH_PATHS)
@@ -346,6 +357,60 @@ class IVFPQ(IVFBase):
                         L.sizes, self._pq.codebooks_t, c["kind"], c["term"], c["use_term"],
                         k * k_factor if self._refine else k, self._refine, data, *idmap,
                         c["l2"], out_d, out_i, *c["backend"])
+        return (out_d, out_i) if status == pq_one.DONE else None
+
+    def _search_one_filtered(self, q, k, nprobe, k_factor, filter, min_candidates,
+                             max_nprobe):
+        """One query under one shared filter in one kernel call after ``prepare``
+        (``kernels.scan.pq_one``), with the general path's results; None (the general
+        path then runs, and raises where it should) for a per-query filter, a bad
+        filter or filter argument, or a query holding NaN, inf or a value beyond the
+        value limit."""
+        c = self._one_query_consts()
+        fc = c.get("filters")
+        if fc is None:      # imported once per trained index, not per call
+            from .. import filters
+            from .._config import FILTER_EXACT_ROWS_PER_LIST
+            fc = c["filters"] = (filters.as_filter, filters.IDFilter, filters.prepare,
+                                 FILTER_EXACT_ROWS_PER_LIST * self._nlist)
+        as_filter, id_filter, prepare, exact_limit = fc
+        try:
+            spec = as_filter(filter, 1)
+            need, maxp = self._filter_args(k, nprobe, min_candidates, max_nprobe)
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(spec, id_filter):
+            return None
+        L = self._lists
+        rf = prepare(spec, L, 1)
+        n_allowed = int(rf.n_allowed[0])
+        out_d = np.empty((1, k), dtype=np.float32)
+        out_i = np.empty((1, k), dtype=np.int64)
+        pq_one = _pq_one()
+        if self._refine and n_allowed <= exact_limit:      # IVFBase._exact_queries
+            status = pq_one.exact_search_one(q, c["unit"], L.payload["data"], L.ids,
+                                             rf.fbits, c["coarse_metric"], out_d, out_i)
+            return (out_d, out_i) if status == pq_one.DONE else None
+        # A need above the allowed rows is never met (and sends p to max_nprobe) at any
+        # value: capped at n_allowed + 1 it means the same and fits the kernel's int64.
+        need = min(need, n_allowed + 1)
+        threads = _n_threads()
+        max_rows = PQ_SINGLE_MIN_ROWS * threads if threads > 1 else 1 << 62
+        if self._refine:
+            data = L.payload["data"]
+            idmap = L.map_arrays() if self._nbits == 8 else c["no_map"]
+        else:
+            data, idmap = c["no_data"], c["no_map"]
+        kernel = pq_one.adc_search_one_filtered if self._nbits == 8 else \
+            pq_one.fastscan_search_one_filtered
+        status = kernel(q, c["unit"], self._prepared.panels, c["coarse_metric"],
+                        IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD * threads,
+                        nprobe, need, maxp, self._by_residual, max_rows,
+                        L.payload["codes"], L.ids, L.starts, L.sizes, rf.fbits,
+                        rf.fcount, n_allowed, self._pq.codebooks_t, c["kind"],
+                        c["term"], c["use_term"], k * k_factor if self._refine else k,
+                        self._refine, data, *idmap, c["l2"], out_d, out_i,
+                        *c["backend"])
         return (out_d, out_i) if status == pq_one.DONE else None
 
     def _one_query_consts(self) -> dict:
