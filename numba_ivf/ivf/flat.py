@@ -133,7 +133,8 @@ class IVFFlat(IVFBase):
         One C-contiguous float32/float64 row with int ``k`` and ``nprobe`` (path "auto"
         or "single") is searched by one fused kernel call, with results identical to
         the same row searched as a batch; it uses one thread unless the probed lists
-        hold many rows (``IVF_ONE_QUERY_MIN_RUN`` in ``_config``).
+        hold many rows (``IVF_ONE_QUERY_MIN_RUN`` in ``_config``). Such a row under a shared
+        filter takes ``list_scan.search_one_filtered``, with the batch path's results.
         """
         if path == "auto" or path == "single":
             one = self._one_query(q, k, nprobe)

@@ -248,7 +248,8 @@ class IVFPQ(IVFBase):
         One C-contiguous float32/float64 row with int ``k``, ``nprobe`` and
         ``k_factor`` (path "auto") is searched by one fused kernel call
         (``kernels.scan.pq_one``) with results identical to the same row searched as a
-        batch, unless its probed lists are long enough to split over threads.
+        batch, unless its probed lists are long enough to split over threads. So is one
+        such row under a shared filter (``pq_one.*_search_one_filtered``).
         """
         if path == "auto" and _backend is None and self.is_trained and filter is None \
                 and min_candidates is None and max_nprobe is None:
