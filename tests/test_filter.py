@@ -260,7 +260,25 @@ def test_bad_filters_raise(indexes, data):
         IDFilter.per_query([0, 5, 3], np.arange(3))
     with pytest.raises(TypeError, match="per-query"):
         IDFilter.range(0, 5) & IDFilter.per_query([0, 1], [1])
+    with pytest.raises(TypeError, match="IDFilter.range: start must be an integer"):
+        IDFilter.range(0.5, 10)
+    with pytest.raises(TypeError, match="entry of the per-query sequence is None"):
+        index.search(q[:2], K, filter=[np.ones(5, bool), None])
+    with pytest.raises(ValueError, match="as a mask must be 1-D"):
+        index.search(q, K, filter=np.ones((2, 2, 2), dtype=bool))
+    with pytest.raises(ValueError, match="as allowed ids must be 1-D"):
+        IDFilter.from_ids(np.ones((2, 2), dtype=np.int64))
+    with pytest.raises(TypeError, match="as allowed ids must be integers"):
+        IDFilter.from_ids(np.ones(3, dtype=np.float32))
+    with pytest.raises(TypeError, match="as a mask must be a boolean array"):
+        IDFilter.from_mask(np.ones(3, dtype=np.uint8))
+    with pytest.raises(ValueError, match="filter has one row per query for 2 queries"):
+        index.search(q[:3], K, filter=IDFilter.per_query([0, 1, 2], [4, 7]))
     assert as_filter(None, 3) is None
+    # uint64 ids past int64 are never stored: dropped, not wrapped round to negatives.
+    big = np.array([2 ** 64 - 1, 4], dtype=np.uint64)
+    np.testing.assert_array_equal(IDFilter.from_ids(big).allows(np.array([4, -1])),
+                                  [True, False])
 
 
 def test_hypothesis_random_masks(indexes, data):
