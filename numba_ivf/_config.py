@@ -226,3 +226,14 @@ FILTER_BITMAP_MAX_BYTES = 256 * 1024 * 1024
 # batch runs in chunks of queries. np.empty leaves untouched pages unmapped, so a
 # tight radius costs little of it.
 RANGE_BUFFER_MAX_BYTES = 256 * 1024 * 1024
+
+# -- sharded index (numba_ivf.dask) -----------------------------------------------------
+# add() of an in-memory array or a memmap sends (or has the workers read) chunks of this
+# many rows; each is checked, assigned and encoded by one task.
+DASK_ADD_CHUNK_ROWS = 65536
+# While waiting for pinned tasks the client checks this often (seconds) whether their
+# workers are still alive: a task pinned to a worker that left would wait forever.
+DASK_LIVENESS_POLL_S = 0.5
+# Lists are dealt to shards by the rows a sample of the training set (at most this many
+# rows per list) assigns to them.
+DASK_BALANCE_SAMPLE_PER_LIST = 64

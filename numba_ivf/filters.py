@@ -88,6 +88,11 @@ class IDFilter:
         self._rows = None
         return self
 
+    # Pickled as its definition only: the cached row bits belong to an index in this
+    # process (and hold a weakref), so a copy sent to a Dask worker prepares its own.
+    def __reduce__(self):
+        return (IDFilter._node, (self._op, self._a, self._b))
+
     @classmethod
     def from_mask(cls, mask) -> "IDFilter":
         """Allowed: the ids i with ``mask[i]`` True (ids past the mask are not)."""

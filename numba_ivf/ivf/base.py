@@ -400,9 +400,10 @@ class IVFBase:
         return q, k, min(nprobe, self._nlist)
 
     # -- filtered search --------------------------------------------------------------
-    def _filter_args(self, k, nprobe, min_candidates, max_nprobe):
+    def _filter_args(self, k, nprobe, min_candidates, max_nprobe, ntotal=None):
         """(need, max_nprobe) of a filtered search, checked: need >= k allowed rows
-        covered, at most max_nprobe (<= nlist, >= nprobe) lists probed."""
+        covered, at most max_nprobe (<= nlist, >= nprobe) lists probed. ``ntotal``: the
+        vectors searched (default len(self); a sharded index passes all its shards')."""
         need = FILTER_MIN_CANDIDATES_FACTOR * k if min_candidates is None else \
             check_int("min_candidates", min_candidates, min_value=1)
         if max_nprobe is None:
@@ -414,7 +415,7 @@ class IVFBase:
                                  f"{max_nprobe} and nprobe={nprobe}.")
         # Covered rows never pass the index's size: the cap changes no result and keeps
         # a huge min_candidates within the kernels' int64.
-        return min(max(need, k), len(self) + 1), maxp
+        return min(max(need, k), (len(self) if ntotal is None else ntotal) + 1), maxp
 
     def _exact_queries(self, rf) -> np.ndarray:
         """Which queries a filtered search answers exactly over their allowed rows

@@ -241,14 +241,22 @@ def _pair_bias(lo):
 def query_scale(qlut, term, probes_q, sizes, fc, lo, hi):
     """Pass 1 for one query: row minima of every probed list into lo[p] and the shared
     scale. Skipped probes (-1, empty list, or no row allowed by the query's filter row
-    fc = fcount[f] (nlist,) int64; None if unfiltered) do not count."""
+    fc = fcount[f] (nlist,) int64; None if unfiltered) do not count.
+
+    A probe ``-2 - l`` (at most -2) is list l held by another shard (``numba_ivf.dask``):
+    counted, as the caller says the whole index would, but never scanned (every scan
+    skips negative probes), so that each shard quantizes with the single index's scale.
+    """
     rmax = 0.0
     rsum = 0.0
     nprobe = probes_q.shape[0]
     table_bytes = term.shape[1] * term.shape[2] * 4
     for p in range(nprobe):
         lst = probes_q[p]
-        if lst < 0 or sizes[lst] == 0 or row_list_mode(fc, lst, sizes[lst]) == MODE_SKIP:
+        if lst <= -2:
+            lst = -2 - lst
+        elif lst < 0 or sizes[lst] == 0 or \
+                row_list_mode(fc, lst, sizes[lst]) == MODE_SKIP:
             continue
         # The next list's term table (7 KB at m=112, from a table of nlist of them
         # that does not stay in cache): requested while this one is reduced.
