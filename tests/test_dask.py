@@ -277,7 +277,31 @@ def test_worker_killed_mid_session(client, data, tmp_path):
                 single.search(q, 5, 4, filter=np.arange(0, 5000, 3)))
     # changed after its save: no file to reload it from
     assert sharded.remove(np.arange(500)) == 500      # every shard changes
+    client.wait_for_workers(2, timeout=60)             # the nanny's replacement
     _kill(client, sharded.placement[0])
     with pytest.raises(ShardLostError, match="shard 0 .*no saved file"):
         sharded.search(q, 5, 4)
     sharded.close()
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_merge_equals_oracle(refine):
+    """The merge kernels against the per-row lexsort oracle, with ties in keys, shards
+    that answered only some queries, and padding."""
+    from tests.naive.merge import merge_shards
+    from numba_ivf.dask._merge import merge_topk
+    rng = np.random.default_rng(5 + refine)
+    nq, width, k = 40, 12, 5
+    parts = []
+    for s in range(3):
+        rows = np.sort(rng.choice(nq, size=int(rng.integers(1, nq)), replace=False))
+        keys = rng.integers(0, 6, (rows.size, width)).astype(np.float32)   # ties
+        ids = rng.choice(1 << 20, size=(rows.size, width), replace=False) * 3 + s
+        ids[:, -2:] = np.iinfo(np.int64).max            # padding
+        keys[:, -2:] = np.inf
+        exact = rng.integers(0, 4, keys.shape).astype(np.float32) if refine else None
+        parts.append((rows, keys, ids, exact))
+    got = merge_topk(nq, parts, width, k if refine else None)
+    want = merge_shards(nq, parts, width, k if refine else None)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])

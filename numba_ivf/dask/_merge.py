@@ -5,7 +5,8 @@ minimised keys and ids (``ID_SENTINEL`` padding). The union of the shards' lists
 the whole index's best ``width`` (lists are disjoint), so the first ``width`` of the
 union by (key, id) are the single index's. With refine a shard also returns the exact
 key of each candidate: the single index re-ranks exactly its best ``width`` PQ
-candidates, so the merge first takes those by PQ key, then their best k by exact key.
+candidates, so the merge first takes those by PQ key, then their best k by exact key
+(``topk.merge_refine``). Oracle: ``tests/naive/merge.py``.
 """
 
 from __future__ import annotations
@@ -31,24 +32,24 @@ def merge_topk(nq: int, parts, width: int, k: int | None = None):
     width : int
         Candidates per shard and query (k, or k * k_factor with refine).
     k : int, optional
-        With exact keys: results per query after re-ranking.
+        With exact keys: results per query after re-ranking (default width).
     """
+    from ..kernels.common import topk
     refine = any(p[3] is not None for p in parts)
-    ncol = max(1, len(parts)) * width
-    keys = np.full((nq, ncol), np.inf, dtype=np.float32)
-    ids = np.full((nq, ncol), ID_SENTINEL, dtype=np.int64)
-    exact = np.full((nq, ncol), np.inf, dtype=np.float32) if refine else None
+    k = width if k is None else k
+    S = max(1, len(parts))
+    part_d = np.full((nq, S, width), np.inf, dtype=np.float32)
+    part_i = np.full((nq, S, width), ID_SENTINEL, dtype=np.int64)
+    part_e = np.full((nq, S, width), np.inf, dtype=np.float32) if refine else None
     for j, (rows, pk, pi, pe) in enumerate(parts):
-        cols = slice(j * width, (j + 1) * width)
-        keys[rows, cols] = pk
-        ids[rows, cols] = pi
+        part_d[rows, j] = pk
+        part_i[rows, j] = pi
         if refine:
-            exact[rows, cols] = pe
-    order = np.lexsort((ids, keys), axis=1)[:, :width]
-    ids = np.take_along_axis(ids, order, axis=1)
-    if not refine:
-        return np.ascontiguousarray(np.take_along_axis(keys, order, axis=1)), ids
-    exact = np.take_along_axis(exact, order, axis=1)
-    order = np.lexsort((ids, exact), axis=1)[:, :k]
-    return (np.ascontiguousarray(np.take_along_axis(exact, order, axis=1)),
-            np.ascontiguousarray(np.take_along_axis(ids, order, axis=1)))
+            part_e[rows, j] = pe
+    out_d = np.empty((nq, k if refine else width), dtype=np.float32)
+    out_i = np.empty((nq, k if refine else width), dtype=np.int64)
+    if refine:
+        topk.merge_refine(part_d, part_i, part_e, width, out_d, out_i)
+    else:
+        topk._merge_topk_driver(part_d, part_i, out_d, out_i)
+    return out_d, out_i

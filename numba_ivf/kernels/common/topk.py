@@ -37,7 +37,7 @@ from ..._config import (FASTMATH, RESERVOIR_CUT_STEPS, RESERVOIR_FACTOR,
 _FM = set(FASTMATH)
 
 __all__ = ["ID_SENTINEL", "heap_init", "heap_push", "heap_sort", "merge_topk",
-           "res_capacity", "res_cut", "res_push", "res_finish", "to_faiss"]
+           "merge_refine", "res_capacity", "res_cut", "res_push", "res_finish", "to_faiss"]
 
 ID_SENTINEL = np.iinfo(np.int64).max
 
@@ -127,6 +127,42 @@ def merge_one(part_d, part_i, out_d, out_i):
 def _merge_topk_driver(part_d, part_i, out_d, out_i):
     for q in prange(part_d.shape[0]):
         merge_one(part_d[q], part_i[q], out_d[q], out_i[q])
+
+
+@njit(nogil=True, cache=True, fastmath=_FM)
+def merge_refine_one(part_d, part_i, part_e, sel_d, sel_i, sel_e, out_d, out_i):
+    """Re-ranking merge of one query's partial candidate lists (rows of ``part_*``):
+    the best len(sel_d) candidates by (PQ key ``part_d``, id), then the best len(out_d)
+    of those by (exact key ``part_e``, id), sorted into (out_d, out_i). sel_* are
+    scratch of the candidate count."""
+    heap_init(sel_d, sel_i)
+    for j in range(sel_e.shape[0]):
+        sel_e[j] = np.inf
+    for r in range(part_d.shape[0]):
+        for j in range(part_d.shape[1]):
+            i = part_i[r, j]
+            if i != ID_SENTINEL and _worse(sel_d[0], sel_i[0], part_d[r, j], i):
+                sel_d[0] = part_d[r, j]
+                sel_i[0] = i
+                sel_e[0] = part_e[r, j]
+                _sift3(sel_d, sel_i, sel_e, 0, sel_d.shape[0])
+    heap_init(out_d, out_i)
+    for j in range(sel_d.shape[0]):
+        if sel_i[j] != ID_SENTINEL:
+            heap_push(out_d, out_i, sel_e[j], sel_i[j])
+    heap_sort(out_d, out_i)
+
+
+@njit(nogil=True, cache=True, parallel=True, fastmath=_FM)
+def merge_refine(part_d, part_i, part_e, width, out_d, out_i):
+    """``merge_refine_one`` for every query (prange): part_* (nq, m, kp), the best
+    ``width`` by PQ key re-ranked to out_* (nq, k) by exact key."""
+    for q in prange(part_d.shape[0]):
+        sel_d = np.empty(width, dtype=np.float32)
+        sel_i = np.empty(width, dtype=np.int64)
+        sel_e = np.empty(width, dtype=np.float32)
+        merge_refine_one(part_d[q], part_i[q], part_e[q], sel_d, sel_i, sel_e,
+                         out_d[q], out_i[q])
 
 
 def merge_topk(part_d: np.ndarray, part_i: np.ndarray, k: int):
