@@ -301,7 +301,13 @@ def test_merge_equals_oracle(refine):
         keys[:, -2:] = np.inf
         exact = rng.integers(0, 4, keys.shape).astype(np.float32) if refine else None
         parts.append((rows, keys, ids, exact))
-    got = merge_topk(nq, parts, width, k if refine else None)
     want = merge_shards(nq, parts, width, k if refine else None)
+    got = merge_topk(nq, parts, width, k if refine else None)
     np.testing.assert_array_equal(got[1], want[1])
     np.testing.assert_array_equal(got[0], want[0])
+    # the serial loop of a few queries: the same rows
+    few = [(r[r < 3], kk[r < 3], ii[r < 3], None if ee is None else ee[r < 3])
+           for r, kk, ii, ee in parts]
+    got = merge_topk(3, few, width, k if refine else None)
+    np.testing.assert_array_equal(got[1], want[1][:3])
+    np.testing.assert_array_equal(got[0], want[0][:3])
