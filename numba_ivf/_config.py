@@ -237,3 +237,7 @@ DASK_LIVENESS_POLL_S = 0.5
 # Lists are dealt to shards by the rows a sample of the training set (at most this many
 # rows per list) assigns to them.
 DASK_BALANCE_SAMPLE_PER_LIST = 64
+# With refine, a sharded batch of at least this many queries re-ranks in a second round
+# only the k_factor * k candidates the merge picked (a round trip costs ~2 ms; one round
+# re-ranks k_factor * k per shard and query).
+DASK_REFINE_TWO_ROUNDS_MIN_QUERIES = 64

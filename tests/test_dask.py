@@ -87,8 +87,22 @@ def assert_same(a, b):
     np.testing.assert_array_equal(a[0], b[0])
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_sharded_equals_single(built, data, kind):
+def _rounds(kinds):
+    """(kind, rounds) pairs: re-ranked batches in one round (each shard re-ranks its
+    own candidates) and in two (only the candidates the merge picked)."""
+    return [(k, r) for k in kinds for r in ((1, 2) if "refine" in k else (1,))]
+
+
+@pytest.fixture
+def rounds(request, monkeypatch):
+    from numba_ivf import _config
+    monkeypatch.setattr(_config, "DASK_REFINE_TWO_ROUNDS_MIN_QUERIES",
+                        1 << 30 if request.param == 1 else 1)
+    return request.param
+
+
+@pytest.mark.parametrize("kind,rounds", _rounds(KINDS), indirect=["rounds"])
+def test_sharded_equals_single(built, data, kind, rounds):
     single, sharded = built[kind]
     _, q = data
     assert len(sharded) == len(single)
@@ -103,8 +117,9 @@ def test_sharded_equals_single(built, data, kind):
                 single.search(q[3], 5, 4, **_kw(single)))
 
 
-@pytest.mark.parametrize("kind", ["flat", "pq8", "pq4-refine", "pq4"])
-def test_sharded_filtered_equals_single(built, data, kind):
+@pytest.mark.parametrize("kind,rounds", _rounds(["flat", "pq8", "pq4-refine", "pq4"]),
+                         indirect=["rounds"])
+def test_sharded_filtered_equals_single(built, data, kind, rounds):
     single, sharded = built[kind]
     x, q = data
     n = x.shape[0]

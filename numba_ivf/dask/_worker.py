@@ -292,10 +292,13 @@ def release_filter(uid, s, token):
     return True
 
 
-def search_lists(index, q, k, kk, scores, probes, rf):
+def search_lists(index, q, k, kk, scores, probes, rf, defer=None):
     """Shard-side scan of the probed lists: (keys, ids) of the kk best (PQ keys for
     IVFPQ, ID_SENTINEL padding), and with refine the exact keys of those same
-    candidates (aligned with them), else None. The caller holds the read lock."""
+    candidates (aligned with them), else None. The caller holds the read lock.
+
+    ``defer`` (refine only): a key under which the candidates (and their rows) are kept
+    for ``refine_selected`` instead of being re-ranked here."""
     nq = q.shape[0]
     keys = np.empty((nq, kk), dtype=np.float32)
     ids = np.empty((nq, kk), dtype=np.int64)
@@ -312,6 +315,9 @@ def search_lists(index, q, k, kk, scores, probes, rf):
                        serial, flt)
     if not index.refine:
         return keys, ids, None
+    if defer is not None:
+        _keep(defer, (q, ids, rows, index._lists.version, serial))
+        return keys, ids, None
     ex_keys, ex_ids = index._refine_exact(q, keys, ids, kk, serial, rows)
     # refine returns the same candidates sorted by exact key: put them back in the
     # candidates' order (by id; the ID_SENTINEL padding pairs with padding).
@@ -322,14 +328,42 @@ def search_lists(index, q, k, kk, scores, probes, rf):
     return keys, ids, exact
 
 
-def search(uid, s, nthreads, q, k, kk, scores, probes, token, fslot):
-    """Round 2: shard s's top kk of queries q over their probes (lists of other shards
-    are -1, or ``-2 - l`` where a 4-bit scale must count them); ``token`` names the
-    filter prepared in round 1 (None: unfiltered), ``fslot`` these queries' slots."""
+def search(uid, s, nthreads, q, k, kk, scores, probes, token, fslot, defer=None):
+    """Shard s's top kk of queries q over their probes (lists of other shards are -1,
+    or ``-2 - l`` where a 4-bit scale must count them); ``token`` names a filter
+    prepared by ``prepare_filter`` (None: unfiltered), ``fslot`` these queries' slots.
+    ``defer``: keep the candidates for ``refine_selected`` under this key."""
     index = _get(uid, s)
     rf = None if token is None else _pending(uid, s, token, fslot)
     with _numba_threads(nthreads), _reading(index):
-        return search_lists(index, q, k, kk, scores, probes, rf)
+        return search_lists(index, q, k, kk, scores, probes, rf,
+                            None if defer is None else (uid, s, defer))
+
+
+def _keep(key, value):
+    with _LOCK:
+        _PENDING[key] = value
+        while len(_PENDING) > _PENDING_MAX:
+            _PENDING.popitem(last=False)
+
+
+def refine_selected(uid, s, nthreads, defer, keep, k):
+    """Second round of a re-ranked search: exact top-k of the candidates kept by
+    ``search(..., defer)`` where ``keep`` (n, kk) is True (those the client's merge
+    chose among every shard's). Rows found by the scan are used unless the shard
+    changed in between (then ids are looked up)."""
+    from ..kernels.common.topk import ID_SENTINEL
+    index = _get(uid, s)
+    with _LOCK:
+        kept = _PENDING.pop((uid, s, defer), None)
+    if kept is None:
+        raise ShardMissingError(uid, s, _address() + " (its candidates are gone)")
+    q, ids, rows, version, serial = kept
+    cand = np.where(keep, ids, ID_SENTINEL)
+    with _numba_threads(nthreads), _reading(index):
+        if rows is not None:
+            rows = np.where(keep, rows, -1) if index._lists.version == version else None
+        return index._refine_exact(q, None, cand, k, serial, rows)
 
 
 def search_exact(uid, s, nthreads, q, k, token, fslot):
@@ -346,8 +380,8 @@ def noop():
     return None
 
 
-_SERVED = frozenset({"search", "search_exact", "prepare_filter", "release_filter",
-                     "contains", "noop"})
+_SERVED = frozenset({"search", "search_exact", "refine_selected", "prepare_filter",
+                     "release_filter", "contains", "noop"})
 
 
 class ShardServer:
