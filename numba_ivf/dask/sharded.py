@@ -262,7 +262,7 @@ class ShardedIVF:
                     if addr not in self._workers():
                         self._client.cancel([fut])
                         raise _WorkerGone() from None
-            self._servers[addr] = srv
+            self._servers[addr] = _direct(srv)
             self._server_futures[addr] = fut      # keeps the actor alive
         return srv
 
@@ -270,13 +270,15 @@ class ShardedIVF:
         """{key: (shard, name, *args)} run through the shards' ShardServer actors ->
         {key: result}. Raises _WorkerGone if a shard or its worker is gone."""
         try:
-            futs = {key: self._server(self._placement[c[0]]).call(*c[1:])
-                    for key, c in calls.items()}
+            dumps = pickle.dumps
+            futs = {key: self._server(self._placement[c[0]]).call(
+                c[1], dumps(c[2:], protocol=pickle.HIGHEST_PROTOCOL))
+                for key, c in calls.items()}
             out = {}
             for key, f in futs.items():
                 while True:
                     try:
-                        out[key] = f.result(timeout=DASK_LIVENESS_POLL_S)
+                        out[key] = pickle.loads(f.result(timeout=DASK_LIVENESS_POLL_S))
                         break
                     except TimeoutError:
                         # A call to a worker that died waits for the actor to come
@@ -796,7 +798,7 @@ class ShardedIVF:
                 srv = self._servers.get(self._placement.get(s))
                 if srv is not None:
                     try:
-                        srv.call("release_filter", self._uid, s, token)
+                        srv.call("release_filter", pickle.dumps((self._uid, s, token)))
                     except Exception:
                         pass
 
@@ -929,6 +931,27 @@ class ShardedIVF:
                                                        workers=[a], pure=False)
                       for a in set(self._placement.values())})
         return self
+
+
+def _direct(actor):
+    """The actor proxy, calling its worker directly even when the client does not
+    (``Client(direct_to_workers=False)``, the default, sends actor calls through the
+    scheduler: 8.4 against 5.4 ms per one-query search of 2 shards, measured here). A
+    distributed without the hook keeps the proxy as it is."""
+    from distributed.actor import Actor
+    if not isinstance(getattr(Actor, "_worker_rpc", None), property):
+        return actor
+
+    class DirectActor(Actor):
+        @property
+        def _worker_rpc(self):
+            if self._worker is None and self._client is None:
+                self._try_bind_worker_client()
+            if self._client is not None and self._worker is None:
+                return self._client.rpc(self._address)
+            return Actor._worker_rpc.fget(self)
+
+    return DirectActor(actor._cls, actor._address, actor.key)
 
 
 def balance(expected_rows: np.ndarray, n_shards: int) -> np.ndarray:
