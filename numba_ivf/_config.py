@@ -241,3 +241,6 @@ DASK_BALANCE_SAMPLE_PER_LIST = 64
 # only the k_factor * k candidates the merge picked (a round trip costs ~2 ms; one round
 # re-ranks k_factor * k per shard and query).
 DASK_REFINE_TWO_ROUNDS_MIN_QUERIES = 64
+# A sharded batch of at least twice this many queries is sent in chunks of about this
+# many, so that the client's coarse step of one overlaps the shards' scan of the last.
+DASK_SEARCH_CHUNK_ROWS = 2048

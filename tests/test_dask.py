@@ -268,6 +268,51 @@ def test_balance_largest_first():
     assert balance(np.ones(5, dtype=np.int64), 5).tolist() == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("refine", [False, True])
+def test_merge_equals_oracle(refine):
+    """The merge kernels against the per-row lexsort oracle, with ties in keys, shards
+    that answered only some queries, and padding."""
+    from tests.naive.merge import merge_shards
+    from numba_ivf.dask._merge import merge_topk
+    rng = np.random.default_rng(5 + refine)
+    nq, width, k = 40, 12, 5
+    parts = []
+    for s in range(3):
+        rows = np.sort(rng.choice(nq, size=int(rng.integers(1, nq)), replace=False))
+        keys = rng.integers(0, 6, (rows.size, width)).astype(np.float32)   # ties
+        ids = rng.choice(1 << 20, size=(rows.size, width), replace=False) * 3 + s
+        ids[:, -2:] = np.iinfo(np.int64).max            # padding
+        keys[:, -2:] = np.inf
+        exact = rng.integers(0, 4, keys.shape).astype(np.float32) if refine else None
+        parts.append((rows, keys, ids, exact))
+    want = merge_shards(nq, parts, width, k if refine else None)
+    got = merge_topk(nq, parts, width, k if refine else None)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+    # the serial loop of a few queries: the same rows
+    few = [(r[r < 3], kk[r < 3], ii[r < 3], None if ee is None else ee[r < 3])
+           for r, kk, ii, ee in parts]
+    got = merge_topk(3, few, width, k if refine else None)
+    np.testing.assert_array_equal(got[1], want[1][:3])
+    np.testing.assert_array_equal(got[0], want[0][:3])
+
+
+@pytest.mark.parametrize("kind", ["flat", "pq4-refine"])
+def test_pipelined_chunks_equal_single(built, data, kind, monkeypatch):
+    """A batch sent in chunks (the coarse step of one overlapping the scan of the last)
+    gives the single index's results, filtered or not."""
+    from numba_ivf import _config
+    monkeypatch.setattr(_config, "DASK_SEARCH_CHUNK_ROWS", 16)
+    monkeypatch.setattr(_config, "DASK_REFINE_TWO_ROUNDS_MIN_QUERIES", 8)
+    single, sharded = built[kind]
+    _, q = data
+    assert_same(sharded.search(q, 6, 5, **_kw(single)), single.search(q, 6, 5, **_kw(single)))
+    f = IDFilter.range(500, 2500)
+    assert_same(sharded.search(q, 6, 3, filter=f, **_kw(single)),
+                single.search(q, 6, 3, filter=f, **_kw(single)))
+    assert sharded.last_call_bytes["shards"] == 2
+
+
 def _kill(client, address):
     try:
         client.run(os._exit, 1, workers=[address])
@@ -297,32 +342,3 @@ def test_worker_killed_mid_session(client, data, tmp_path):
     with pytest.raises(ShardLostError, match="shard 0 .*no saved file"):
         sharded.search(q, 5, 4)
     sharded.close()
-
-
-@pytest.mark.parametrize("refine", [False, True])
-def test_merge_equals_oracle(refine):
-    """The merge kernels against the per-row lexsort oracle, with ties in keys, shards
-    that answered only some queries, and padding."""
-    from tests.naive.merge import merge_shards
-    from numba_ivf.dask._merge import merge_topk
-    rng = np.random.default_rng(5 + refine)
-    nq, width, k = 40, 12, 5
-    parts = []
-    for s in range(3):
-        rows = np.sort(rng.choice(nq, size=int(rng.integers(1, nq)), replace=False))
-        keys = rng.integers(0, 6, (rows.size, width)).astype(np.float32)   # ties
-        ids = rng.choice(1 << 20, size=(rows.size, width), replace=False) * 3 + s
-        ids[:, -2:] = np.iinfo(np.int64).max            # padding
-        keys[:, -2:] = np.inf
-        exact = rng.integers(0, 4, keys.shape).astype(np.float32) if refine else None
-        parts.append((rows, keys, ids, exact))
-    want = merge_shards(nq, parts, width, k if refine else None)
-    got = merge_topk(nq, parts, width, k if refine else None)
-    np.testing.assert_array_equal(got[1], want[1])
-    np.testing.assert_array_equal(got[0], want[0])
-    # the serial loop of a few queries: the same rows
-    few = [(r[r < 3], kk[r < 3], ii[r < 3], None if ee is None else ee[r < 3])
-           for r, kk, ii, ee in parts]
-    got = merge_topk(3, few, width, k if refine else None)
-    np.testing.assert_array_equal(got[1], want[1][:3])
-    np.testing.assert_array_equal(got[0], want[0][:3])

@@ -269,11 +269,27 @@ class ShardedIVF:
     def _call(self, calls: dict):
         """{key: (shard, name, *args)} run through the shards' ShardServer actors ->
         {key: result}. Raises _WorkerGone if a shard or its worker is gone."""
+        return self._call_finish(self._call_start(calls))
+
+    def _call_start(self, calls: dict):
+        """Send the calls (see ``_call``) without waiting: {key: actor future}."""
         try:
             dumps = pickle.dumps
-            futs = {key: self._server(self._placement[c[0]]).call(
+            return {key: self._server(self._placement[c[0]]).call(
                 c[1], dumps(c[2:], protocol=pickle.HIGHEST_PROTOCOL))
                 for key, c in calls.items()}
+        except _WorkerGone:
+            raise
+        except (ValueError, TypeError):
+            raise
+        except Exception as exc:
+            if set(self._placement.values()) <= set(self._workers()):
+                raise
+            raise _WorkerGone() from exc
+
+    def _call_finish(self, futs: dict):
+        """The results of ``_call_start``'s futures, {key: result}."""
+        try:
             out = {}
             for key, f in futs.items():
                 while True:
@@ -696,16 +712,46 @@ class ShardedIVF:
                     np.where(mine[rows], probes[rows], foreign[rows])))
         return out
 
-    def _scan_shards(self, q, k, kk, scores, probes, token=None, fslot=None,
-                     fcount=None):
-        """Top-k of every query over its probes, from the shards owning them.
+    def _scan_shards(self, q, k, kk, probe, token=None, fslot=None, fcount=None):
+        """Top-k (keys, ids) of every query over the probes ``probe(rows)`` gives for
+        a slice of the queries ((scores, probes), -1 padded), from the shards owning
+        them.
 
-        With refine, a batch of at least DASK_REFINE_TWO_ROUNDS_MIN_QUERIES queries
+        A batch of at least 2 * DASK_SEARCH_CHUNK_ROWS queries is pipelined in chunks:
+        the client's coarse step of a chunk runs while the shards scan the one before
+        (per row, the coarse result does not depend on the chunk: every chunk is far
+        above IVF_COARSE_SCAN_MAX_QUERIES).
+
+        With refine, a chunk of at least DASK_REFINE_TWO_ROUNDS_MIN_QUERIES queries
         takes two rounds: the shards return PQ candidates only, the merge picks the
         k_factor * k best of the union, and each shard re-ranks just the picked ones it
         holds (one round would re-rank k_factor * k per shard and query: measured
         3.4x the work of one shard at 8 shards). Fewer queries take one round, each
         shard re-ranking its own candidates, as the round trip costs more."""
+        from .._config import DASK_SEARCH_CHUNK_ROWS
+        nq = q.shape[0]
+        step = nq if nq < 2 * DASK_SEARCH_CHUNK_ROWS else \
+            -(-nq // (nq // DASK_SEARCH_CHUNK_ROWS))
+        keys = np.empty((nq, k), dtype=np.float32)
+        ids = np.empty((nq, k), dtype=np.int64)
+        self.last_call_bytes = {"sent": 0, "received": 0, "shards": 0}
+        pending = []
+        for lo in range(0, nq, step):
+            hi = min(nq, lo + step)
+            scores, probes = probe(lo, hi)
+            pending.append((lo, hi, self._scan_start(
+                q[lo:hi], k, kk, np.ascontiguousarray(scores, np.float32),
+                np.ascontiguousarray(probes, np.int64), token,
+                None if fslot is None else fslot[lo:hi], fcount)))
+            if len(pending) > 1:
+                plo, phi, state = pending.pop(0)
+                keys[plo:phi], ids[plo:phi] = self._scan_finish(state)
+        for plo, phi, state in pending:
+            keys[plo:phi], ids[plo:phi] = self._scan_finish(state)
+        return keys, ids
+
+    def _scan_start(self, q, k, kk, scores, probes, token, fslot, fcount):
+        """Round 1 of ``_scan_shards`` for one chunk, sent: the state to finish."""
         from .._config import DASK_REFINE_TWO_ROUNDS_MIN_QUERIES
         nq = q.shape[0]
         routes = self._route(probes, self._foreign(probes, fcount, fslot))
@@ -717,11 +763,15 @@ class ShardedIVF:
                         q[rows], k, kk, np.ascontiguousarray(scores[rows]), pr, token,
                         None if fslot is None else np.ascontiguousarray(fslot[rows]),
                         defer)
-        res = self._call(calls)
         sent = [(q[r], scores[r], pr) for r, pr in routes.values()]
+        return nq, k, kk, routes, defer, sent, self._call_start(calls)
+
+    def _scan_finish(self, state):
+        nq, k, kk, routes, defer, sent, futs = state
+        res = self._call_finish(futs)
         parts = [(routes[s][0], *res[s]) for s in sorted(res)]
-        if not two:
-            self._count_bytes(sent, res.values())
+        if defer is None:
+            self._count_bytes(sent, res.values(), len(routes))
             return merge_topk(nq, parts, kk, k)
         # Round 2: the kk best of the union by (PQ key, id); a shard's candidate is
         # among them iff it ranks no later than the kk-th.
@@ -739,21 +789,23 @@ class ShardedIVF:
                             self._nt(self._placement[s]), defer, keep, k)
         res2 = self._call(calls)
         self._count_bytes(sent + [(v,) for v in keeps.values()],
-                          list(res.values()) + list(res2.values()))
+                          list(res.values()) + list(res2.values()), len(routes))
         return merge_topk(nq, [(routes[s][0], *res2[s], None) for s in sorted(res2)], k)
 
-    def _count_bytes(self, sent, received):
-        """Array bytes of the last search round to and from the shards (benchmarks)."""
+    def _count_bytes(self, sent, received, shards):
+        """Array bytes of the last search call to and from the shards (benchmarks),
+        summed over its chunks and rounds."""
         def nbytes(items):
             return int(sum(a.nbytes for group in items for a in group
                            if isinstance(a, np.ndarray)))
-        self.last_call_bytes = {"sent": nbytes(sent), "received": nbytes(received),
-                                "shards": len(sent)}
+        b = self.last_call_bytes
+        self.last_call_bytes = {"sent": b["sent"] + nbytes(sent),
+                                "received": b["received"] + nbytes(received),
+                                "shards": max(b["shards"], shards)}
 
     def _search_plain(self, q, k, kk, nprobe):
-        scores, probes = self._coord._coarse(q, nprobe)
-        return self._scan_shards(q, k, kk, np.ascontiguousarray(scores, np.float32),
-                                 np.ascontiguousarray(probes, np.int64))
+        return self._scan_shards(q, k, kk,
+                                 lambda lo, hi: self._coord._coarse(q[lo:hi], nprobe))
 
     def _search_filtered(self, q, k, kk, nprobe, filter, min_candidates, max_nprobe):
         """Filtered search in two rounds (see the module docstring), choosing exact vs
@@ -787,10 +839,10 @@ class ShardedIVF:
                 if is_exact:
                     d, i = self._exact_shards(qs, k, token, slots)
                 else:
-                    sub = RowFilter(rf.fbits, fcount, slots, n_allowed)
-                    scores, probes = c._filtered_probes(qs, sub, nprobe, need, maxp)
-                    d, i = self._scan_shards(qs, k, kk, scores, probes, token, slots,
-                                             fcount)
+                    def probe(lo, hi, qs=qs, slots=slots):
+                        sub = RowFilter(rf.fbits, fcount, slots[lo:hi], n_allowed)
+                        return c._filtered_probes(qs[lo:hi], sub, nprobe, need, maxp)
+                    d, i = self._scan_shards(qs, k, kk, probe, token, slots, fcount)
                 keys[idx], ids[idx] = d, i
             return keys, ids
         finally:
