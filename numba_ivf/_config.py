@@ -68,6 +68,11 @@ KMEANS_BOUND_SLACK = 1e-3
 KMEANS_SPLIT_EPS = 1.0 / 1024.0
 # Points per prange chunk in the centroid update (per-chunk partial sums).
 KMEANS_UPDATE_CHUNK = 4096
+# Hamerly iterations gather the rows whose bounds do not prove their assignment this
+# many at a time (65536 rows of d=96 float32: 24 MiB) instead of all at once, which
+# was nearly a copy of the training set in the first iterations (96 of 138 MiB of a
+# 262144 x 96 train's peak, docs/one_machine.md).
+KMEANS_GATHER_ROWS = 65536
 
 # -- top-k ------------------------------------------------------------------------
 # A reservoir top-k (kernels/topk.res_*) holds this many times k candidates before a
@@ -90,6 +95,16 @@ IVF_GROWTH = 1.5
 # and fashion-mnist-784 at nprobe 8-64: 2-4x the batch plan's QPS.
 IVF_LIST_MAJOR_GROUPS_PER_THREAD = 1
 IVF_LIST_MAJOR_MIN_QUERIES_PER_LIST = 1.0
+# An add of at least this fraction of the rows already stored spreads the lists apart in
+# place (every overflowing list gets exactly its new size, the arena is resized in
+# place: no holes, no spare room, no second arena) instead of moving the overflowing
+# lists to the end of the arena. A spread copies every stored row, so this bounds its
+# cost to 1 / fraction row copies per added row: 64 rows of 24-48 code bytes (4-bit /
+# 8-bit PQ) or of d floats (IVFFlat) move in well under the time of the added row's
+# coarse assignment (2 d nlist flops); the value is that argument, not a sweep. A 10M x
+# 96 IVFPQ 4-bit build in chunks of 500k rows spreads at every add and its add got
+# faster, 142 -> 117 s (docs/one_machine.md).
+IVF_SPREAD_MIN_ADD_FRACTION = 1.0 / 64
 # A list's first allocation holds at least this many rows (tiny lists would otherwise
 # move on nearly every add).
 IVF_LIST_MIN_CAPACITY = 16
@@ -164,6 +179,12 @@ PQ_REFINE_K_FACTOR = 4
 PQ_REFINE_K_FACTOR_MAX = 1024
 # Training rows for the PQ codebooks: at most ksub * this many residuals (as FAISS).
 PQ_TRAIN_MAX_POINTS_PER_CENTROID = 256
+# IVFPQ.add encodes this many rows at a time (their residuals and sub-vectors are the
+# temporaries: 65536 rows of d=96 float32 residuals take 24 MiB, as FAISS's blocks of
+# 65536 in IndexIVFFastScan.add_with_ids), so that an add's extra memory does not grow
+# with the size of its batch: the residuals of a whole 500k-row chunk were as large as
+# the chunk.
+PQ_ENCODE_BLOCK_ROWS = 65536
 # A few queries are scanned on one thread unless their probed lists hold at least this
 # many codes per thread (below that, waking the pool costs more than the scan).
 PQ_SINGLE_MIN_ROWS = 8192

@@ -12,7 +12,8 @@ import warnings
 
 import numpy as np
 
-from ._config import KMEANS_BOUND_SLACK, KMEANS_PARALLEL_MIN_FLOP, KMEANS_SPLIT_EPS
+from ._config import (KMEANS_BOUND_SLACK, KMEANS_GATHER_ROWS, KMEANS_PARALLEL_MIN_FLOP,
+                      KMEANS_SPLIT_EPS)
 from ._threads import serialized_launches, threads
 from ._validation import METRICS, check_choice, check_int, check_vectors
 from .kernels.assign import assign as _assign
@@ -318,21 +319,30 @@ class KMeans:
             # the margin scales with upper; lower may be inf when k == 1).
             slack = KMEANS_BOUND_SLACK * (2.0 * upper + scale)
             todo = np.flatnonzero(upper + slack >= lower)
-        rows = x if todo is None else np.ascontiguousarray(x[todo])
-        if rows.shape[0]:
-            if k >= 2:
-                top_d, top_i = _assign.topk_prepared(rows, prepared, 2)
-                second = np.sqrt(top_d[:, 1].astype(np.float64))
-            else:
-                top_i, top_d = _assign.assign_prepared(rows, prepared)
-                top_d, top_i = top_d[:, None], top_i[:, None]
-                second = np.full(rows.shape[0], np.inf)
-            where = slice(None) if todo is None else todo
-            labels[where] = top_i[:, 0]
-            sqdist[where] = top_d[:, 0]
+        # The rows to recompute are gathered KMEANS_GATHER_ROWS at a time (a row's
+        # result does not depend on the rows beside it): one gather of all of them was
+        # nearly a copy of x in the first iterations.
+        blocks = [slice(None)] if todo is None else [
+            todo[s:s + KMEANS_GATHER_ROWS] for s in range(0, todo.size, KMEANS_GATHER_ROWS)]
+        for where in blocks:
+            # The gathered block lives only inside _top2 (not until the next one).
+            best_i, best_d, second = self._top2(
+                x if todo is None else np.ascontiguousarray(x[where]), prepared, k)
+            labels[where] = best_i
+            sqdist[where] = best_d
             lower[where] = second
         self.n_recomputed_.append(n if todo is None else int(todo.size))
         return labels, sqdist, (labels, lower)
+
+    @staticmethod
+    def _top2(rows, prepared, k):
+        """Nearest centroid, its squared distance and the distance (not squared) to
+        the second nearest (inf when k == 1) of each row."""
+        if k >= 2:
+            top_d, top_i = _assign.topk_prepared(rows, prepared, 2)
+            return top_i[:, 0], top_d[:, 0], np.sqrt(top_d[:, 1].astype(np.float64))
+        top_i, top_d = _assign.assign_prepared(rows, prepared)
+        return top_i, top_d, np.full(rows.shape[0], np.inf)
 
     @staticmethod
     def _move_bounds(state, labels, old, new):

@@ -5,10 +5,21 @@ One arena per payload: every list is a run of ``caps[l]`` rows starting at
 handful of plain arrays (``payload``, ``ids``, ``starts``, ``sizes``) instead of a list
 of arrays.
 
-* Append: a list that would overflow moves to the end of the arena with capacity
-  ``max(needed, IVF_GROWTH * old)``; the arena itself grows geometrically. Each add call
-  copies only the lists that outgrow their room (amortised O(1) per vector), never all.
-  The holes left behind are reclaimed by a compaction once they exceed the live rows.
+* Append, small adds: a list that would overflow moves to the end of the arena with
+  capacity ``max(needed, IVF_GROWTH * old)``; the arena itself grows geometrically. Each
+  add call copies only the lists that outgrow their room (amortised O(1) per vector),
+  never all. The holes left behind are reclaimed by a compaction once they exceed the
+  live rows.
+* Append, bulk adds (at least ``IVF_SPREAD_MIN_ADD_FRACTION`` of the rows already
+  stored, e.g. a build fed in chunks): the lists are spread apart in place, each list
+  that overflows getting exactly the room it needs, so no holes and no spare room are
+  left (a spread copies at most 1 / IVF_SPREAD_MIN_ADD_FRACTION stored rows per added
+  one).
+* The arena is grown and shrunk in place (``ndarray.resize``: realloc, which glibc does
+  with mremap for large blocks, without a copy), so the old and the new arena are never
+  alive together; compaction and spreading move the runs inside the arena
+  (``_shift_runs``). Only an arena that numpy cannot resize (a view, an array
+  referenced elsewhere) is copied, as before.
 * Remove: an id -> (list, offset) hash map finds the row without scanning any list; the
   row is overwritten by the last row of its list (FAISS's swap-with-last), so lists stay
   dense and the map is updated for the one row that moved.
@@ -38,7 +49,8 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from .._config import FASTSCAN_BLOCK, IVF_GROWTH, IVF_LIST_MIN_CAPACITY
+from .._config import (FASTSCAN_BLOCK, IVF_GROWTH, IVF_LIST_MIN_CAPACITY,
+                       IVF_SPREAD_MIN_ADD_FRACTION)
 from ..kernels.common.idmap import (_EMPTY, _TOMB, _map_find, _map_from_lists,
                                     _map_insert_many, _map_lookup_many)
 
@@ -168,6 +180,59 @@ def _apply_nibble_moves(packed, move_dst, move_src, n_moves):
             packed[bd, t, pd] = packed[bs, t, ps]
 
 
+@njit(nogil=True, cache=True)
+def _shift_runs(arr, old_starts, new_starts, lengths):
+    """Move runs of rows inside ``arr`` (2-D) in place: arr[new + o] <- arr[old + o].
+
+    Runs are given in arena order (ascending old start) and keep it; old runs do not
+    overlap, nor do new runs (each new run inside its list's new room). Then a run
+    moving left writes only below its old start and above every earlier run's new
+    room, and a run moving right only above its old end and below every later run's
+    new room: left movers are safe in ascending order (each row ascending), right
+    movers in descending order (each row descending), and the two groups never touch
+    each other's unread rows. Serial: a run's target may be another run's source.
+    """
+    w = arr.shape[1]
+    for r in range(lengths.shape[0]):
+        a = old_starts[r]
+        b = new_starts[r]
+        if b < a:
+            for o in range(lengths[r]):
+                for t in range(w):
+                    arr[b + o, t] = arr[a + o, t]
+    for r in range(lengths.shape[0] - 1, -1, -1):
+        a = old_starts[r]
+        b = new_starts[r]
+        if b > a:
+            for o in range(lengths[r] - 1, -1, -1):
+                for t in range(w):
+                    arr[b + o, t] = arr[a + o, t]
+
+
+@njit(nogil=True, cache=True)
+def _shift_nibble_runs(packed, old_starts, new_starts, lengths):
+    """``_shift_runs`` for a blocked nibble payload: each row's bytes move from its
+    lane to the target's lane (rows never share a byte, so the same order is safe)."""
+    for r in range(lengths.shape[0]):
+        a = old_starts[r]
+        b = new_starts[r]
+        if b < a:
+            for o in range(lengths[r]):
+                bs, ps = (a + o) >> 5, _lane_byte(a + o)
+                bd, pd = (b + o) >> 5, _lane_byte(b + o)
+                for t in range(packed.shape[1]):
+                    packed[bd, t, pd] = packed[bs, t, ps]
+    for r in range(lengths.shape[0] - 1, -1, -1):
+        a = old_starts[r]
+        b = new_starts[r]
+        if b > a:
+            for o in range(lengths[r] - 1, -1, -1):
+                bs, ps = (a + o) >> 5, _lane_byte(a + o)
+                bd, pd = (b + o) >> 5, _lane_byte(b + o)
+                for t in range(packed.shape[1]):
+                    packed[bd, t, pd] = packed[bs, t, ps]
+
+
 def _round_up(x, align: int):
     return -(-x // align) * align
 
@@ -292,13 +357,17 @@ class InvertedLists:
         return new_starts, self.sizes.copy(), ids, payload
 
     # -- payload kinds -----------------------------------------------------------------
+    def _alloc_shape(self, name: str, rows: int) -> tuple:
+        """Shape of an arena of ``rows`` rows for payload ``name``."""
+        if name in self._nibbles:
+            return (-(-rows // FASTSCAN_BLOCK), (self._nibbles[name] + 1) // 2,
+                    FASTSCAN_BLOCK)
+        return (rows, int(self._spec[name][0]))
+
     def _alloc(self, name: str, rows: int) -> np.ndarray:
         """A zeroed arena of ``rows`` rows for payload ``name``."""
-        if name in self._nibbles:
-            return np.zeros((-(-rows // FASTSCAN_BLOCK), (self._nibbles[name] + 1) // 2,
-                             FASTSCAN_BLOCK), dtype=np.uint8)
-        width, dtype = self._spec[name]
-        return np.zeros((rows, int(width)), dtype=np.dtype(dtype))
+        dtype = np.uint8 if name in self._nibbles else np.dtype(self._spec[name][1])
+        return np.zeros(self._alloc_shape(name, rows), dtype=dtype)
 
     def _copy_payload(self, name, src, dst, src_starts, dst_starts, lengths):
         """Copy runs of rows. A nibble payload copies whole blocks when every run and
@@ -347,16 +416,60 @@ class InvertedLists:
         if rows <= cap:
             return
         new_cap = max(rows, int(np.ceil(cap * IVF_GROWTH)), IVF_LIST_MIN_CAPACITY)
-        new_cap = _round_up(new_cap, self.align)
-        ids = np.empty(new_cap, dtype=np.int64)
-        ids[:self.used] = self.ids[:self.used]
-        self.ids = ids
-        for name, arr in self.payload.items():
-            grown = self._alloc(name, new_cap)
-            # Nibbles: the last used block may be partly used, copy it too.
-            used = -(-self.used // FASTSCAN_BLOCK) if name in self._nibbles else self.used
-            grown[:used] = arr[:used]
-            self.payload[name] = grown
+        self._resize_arena(_round_up(new_cap, self.align))
+
+    def _resize_arena(self, rows: int):
+        """Give every arena ``rows`` rows (more or fewer), keeping the first ``used``.
+
+        In place where numpy can (``ndarray.resize`` reallocates and zeroes the new
+        rows; ``refcheck`` refuses an array that is a view or referenced elsewhere, so
+        no one holding the old buffer sees it move); else a zeroed copy. Each array is
+        resized by its own statement, so that no local name adds a reference."""
+        try:
+            self.ids.resize(rows, refcheck=True)
+        except ValueError:
+            ids = np.empty(rows, dtype=np.int64)
+            keep = min(self.used, rows)
+            ids[:keep] = self.ids[:keep]
+            self.ids = ids
+        for name in list(self.payload):
+            shape = self._alloc_shape(name, rows)
+            try:
+                self.payload[name].resize(shape, refcheck=True)
+            except ValueError:
+                grown = self._alloc(name, rows)
+                # Nibbles: the last used block may be partly used, copy it too.
+                used = (-(-self.used // FASTSCAN_BLOCK) if name in self._nibbles
+                        else self.used)
+                used = min(used, grown.shape[0])
+                grown[:used] = self.payload[name][:used]
+                self.payload[name] = grown
+
+    def _relayout(self, new_caps: np.ndarray, shrink: bool):
+        """Give every list ``new_caps[l] >= sizes[l]`` rows, packed in the arena's
+        current list order from row 0, moving runs in place (``_shift_runs``): the arena
+        grows first when it must, and with ``shrink`` ends at the last list's room."""
+        order = np.argsort(self.starts, kind="stable")
+        caps_o = new_caps[order]
+        starts_o = np.zeros(self.nlist, dtype=np.int64)
+        np.cumsum(caps_o[:-1], out=starts_o[1:])
+        total = int(caps_o.sum())
+        if total > self.ids.shape[0]:
+            self._resize_arena(total)
+        old_o = self.starts[order]
+        sizes_o = self.sizes[order]
+        _shift_runs(_as_rows(self.ids), old_o, starts_o, sizes_o)
+        for name in self.payload:
+            if name in self._nibbles:
+                _shift_nibble_runs(self.payload[name], old_o, starts_o, sizes_o)
+            else:
+                _shift_runs(self.payload[name], old_o, starts_o, sizes_o)
+        self.starts = np.empty(self.nlist, dtype=np.int64)
+        self.starts[order] = starts_o
+        self.caps = np.asarray(new_caps, dtype=np.int64).copy()
+        self.used = total
+        if shrink and total < self.ids.shape[0]:
+            self._resize_arena(total)
 
     def _relocate(self, lists: np.ndarray, new_caps: np.ndarray):
         """Move ``lists`` to fresh runs of ``new_caps`` rows at the end of the arena."""
@@ -375,18 +488,8 @@ class InvertedLists:
         live_room = int(self.caps.sum())
         if self.used - live_room <= max(live_room, 4 * IVF_LIST_MIN_CAPACITY):
             return
-        new_starts = np.zeros(self.nlist, dtype=np.int64)
-        np.cumsum(self.caps[:-1], out=new_starts[1:])
-        cap = live_room
-        ids = np.empty(cap, dtype=np.int64)
-        _copy_runs(_as_rows(self.ids), _as_rows(ids), self.starts, new_starts, self.sizes)
-        self.ids = ids
-        for name, arr in self.payload.items():
-            out = self._alloc(name, cap)
-            self._copy_payload(name, arr, out, self.starts, new_starts, self.sizes)
-            self.payload[name] = out
-        self.starts = new_starts
-        self.used = cap
+        # In place: lists slide down over the holes, then the arena shrinks to them.
+        self._relayout(self.caps.copy(), shrink=True)
 
     # -- id map ------------------------------------------------------------------------
     def _build_map(self, min_capacity: int = 0):
@@ -446,7 +549,14 @@ class InvertedLists:
         counts = np.bincount(labels, minlength=self.nlist)
         need = self.sizes + counts
         grow = np.flatnonzero(need > self.caps)
-        if grow.size:
+        if grow.size and n >= IVF_SPREAD_MIN_ADD_FRACTION * self.ntotal:
+            # Bulk add: spread the lists apart in place, each growing one to exactly
+            # what it needs (a build fed in chunks ends without spare room).
+            new_caps = self.caps.copy()
+            new_caps[grow] = _round_up(np.maximum(need[grow], IVF_LIST_MIN_CAPACITY),
+                                       self.align)
+            self._relayout(new_caps, shrink=False)
+        elif grow.size:
             new_caps = np.maximum(need[grow],
                                   np.ceil(self.caps[grow] * IVF_GROWTH).astype(np.int64))
             new_caps = _round_up(np.maximum(new_caps, IVF_LIST_MIN_CAPACITY), self.align)

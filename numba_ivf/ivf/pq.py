@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._config import (IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
-                       PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX, PQ_SINGLE_MIN_ROWS,
-                       PQ_TRAIN_MAX_POINTS_PER_CENTROID)
+                       PQ_ENCODE_BLOCK_ROWS, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
+                       PQ_SINGLE_MIN_ROWS, PQ_TRAIN_MAX_POINTS_PER_CENTROID)
 from .._validation import check_choice, check_int
 from ..pq import ProductQuantizer, check_pq_shape
 from ._lists import InvertedLists
@@ -180,8 +180,16 @@ class IVFPQ(IVFBase):
 
     def _encode_rows(self, x: np.ndarray, labels: np.ndarray) -> dict:
         from ..kernels.encode.pq_encode import residuals
-        res = residuals(x, self._centroids, labels) if self._by_residual else x
-        rows = {"codes": self._pq._encode(res)}
+        # A block of rows at a time: an add's residuals and sub-vectors then take at
+        # most PQ_ENCODE_BLOCK_ROWS rows whatever its size (codes are per row, so
+        # blocking changes none).
+        codes = np.empty((x.shape[0], self._m), dtype=np.uint8)
+        for s in range(0, x.shape[0], PQ_ENCODE_BLOCK_ROWS):
+            xb = x[s:s + PQ_ENCODE_BLOCK_ROWS]
+            res = (residuals(xb, self._centroids, labels[s:s + PQ_ENCODE_BLOCK_ROWS])
+                   if self._by_residual else xb)
+            codes[s:s + xb.shape[0]] = self._pq._encode(res)
+        rows = {"codes": codes}
         if self._refine:
             rows["data"] = x
         return rows
