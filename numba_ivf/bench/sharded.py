@@ -202,6 +202,30 @@ def main(argv=None):
                 f"{'yes' if equal else 'NO'} |")
             sh.close()
         say()
+        say("## one query per call against shards touched (IVFFlat, nprobe 64, "
+            f"{a.workers} workers)")
+        say("| shards | shards touched per query (mean) | median ms | single ms |")
+        say("|---|---|---|---|")
+        single = singles["IVFFlat"]
+        for S in (1, 2, 4, 8):
+            sh = ShardedIVF(kinds["IVFFlat"](), client, n_shards=S)
+            sh.train(x)
+            sh.add(x)
+            touched, t_sh, t_si = [], [], []
+            for i in range(min(a.one_query, q0.shape[0])):
+                row = q0[i]
+                t = time.perf_counter()
+                sh.search(row, a.k, 64)
+                t_sh.append(time.perf_counter() - t)
+                touched.append(sh.last_call_bytes["shards"])
+                t = time.perf_counter()
+                single.search(row, a.k, 64)
+                t_si.append(time.perf_counter() - t)
+            say(f"| {S} | {statistics.mean(touched):.1f} | "
+                f"{1e3 * statistics.median(t_sh):.2f} | "
+                f"{1e3 * statistics.median(t_si):.3f} |")
+            sh.close()
+        say()
         say(f"## per-shard cost and imbalance (batch of {a.nq}, one thread per shard, "
             f"in process)")
         say("| index | shards | rows per shard (min-max) | queries per shard (max) | "
