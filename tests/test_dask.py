@@ -223,6 +223,18 @@ def test_save_load_round_trip_and_bad_files(client, built, data, tmp_path):
     shard1.write_bytes(bytes(raw))
     with pytest.raises(IndexFileError, match="could not be loaded"):
         ShardedIVF.load(bad, client)
+    for broken, match in (
+            ({k: v for k, v in m.items() if k != "quantizer"}, "'quantizer' missing"),
+            ({**m, "quantizer": "nowhere.nivf"}, "quantizer file 'nowhere.nivf'.*missing"),
+            ({**m, "ntotal": m["ntotal"] + 1}, "do not add up to ntotal"),
+            ({**m, "list_shard": m["list_shard"][:-1]}, "list_shard must hold 24"),
+            ({**m, "shards": m["shards"][:1]}, "'shards' must list n_shards = 2")):
+        (bad / "manifest.json").write_text(json.dumps(broken))
+        with pytest.raises(IndexFileError, match=match):
+            ShardedIVF.load(bad, client)
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexFileError, match="unreadable manifest"):
+        ShardedIVF.load(bad, client)
     # the saved index itself is untouched by all of this
     again = ShardedIVF.load(tmp_path / "idx", client)
     assert_same(again.search(q, 6, 5, k_factor=3), single.search(q, 6, 5, k_factor=3))
@@ -246,9 +258,23 @@ def test_bad_arguments(client, data):
         sh.search(q, 3, k_factor=2)
     with pytest.raises(ValueError, match="q has 15 features"):
         sh.search(q[:, :15], 3)
+    with pytest.raises(ValueError, match=r"x has shape \(40, 15\).*expects \(n, 16\)"):
+        sh.add(da.from_array(np.zeros((40, D - 1), np.float32), chunks=(20, D - 1)))
+    with pytest.raises(ValueError, match="min_candidates and max_nprobe apply only"):
+        sh.search(q, 3, min_candidates=5)
     D0, I0 = sh.search(q, 3, 2)               # empty index: all missing
     assert (I0 == -1).all() and np.isinf(D0).all()
     sh.close()
+
+
+def test_bad_construction_arguments(client):
+    from numba_ivf.dask._worker import ShardServer
+    with pytest.raises(ValueError, match="n_shards must be"):
+        ShardedIVF(numba_ivf.IVFFlat(D, NLIST), client, n_shards=0)
+    with pytest.raises(ValueError, match="numba_threads must be"):
+        ShardedIVF(numba_ivf.IVFFlat(D, NLIST), client, numba_threads=0)
+    with pytest.raises(ValueError, match="unknown function 'create'"):
+        ShardServer().call("create", b"")     # only the search calls are served
 
 
 def test_client_without_workers():

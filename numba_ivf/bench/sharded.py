@@ -67,13 +67,12 @@ def _blas():
         return "threadpoolctl not installed"
 
 
-def shard_costs(single, sharded_owner, q, k, kk, nprobe, n_shards):
+def shard_costs(single, q, k, kk, nprobe, n_shards):
     """Per-shard scan seconds (one thread, in process) of the queries routed to each of
     n_shards shards dealt by ``balance`` from the single index's list sizes."""
     import numba
     from ..dask import _worker as W
     from ..dask.sharded import balance
-    from ..filters import RowFilter  # noqa: F401
     qp, k, nprobe = single._check_search(q, k, nprobe)
     scores, probes = single._coarse(qp, nprobe)
     probes = np.ascontiguousarray(probes, np.int64)
@@ -236,7 +235,7 @@ def main(argv=None):
             kk = a.k * 4 if getattr(single, "refine", False) else a.k
             base = None
             for S in (1, 2, 4, 8):
-                c = shard_costs(single, None, q, a.k, kk, a.nprobe, S)
+                c = shard_costs(single, q, a.k, kk, a.nprobe, S)
                 rows = [r[1] for r in c]
                 times = [r[4] for r in c]
                 base = base or sum(times)

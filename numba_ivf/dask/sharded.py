@@ -32,7 +32,7 @@ import numpy as np
 
 from .._config import DASK_ADD_CHUNK_ROWS, DASK_LIVENESS_POLL_S
 from .._validation import check_int
-from ..ivf.base import MAX_ID, IVFBase, check_ids
+from ..ivf.base import MAX_ID, IVFBase, check_ids, removal_ids
 from ..kernels.common.topk import ID_SENTINEL
 from . import _worker as W
 from ._merge import merge_topk
@@ -278,14 +278,11 @@ class ShardedIVF:
             return {key: self._server(self._placement[c[0]]).call(
                 c[1], dumps(c[2:], protocol=pickle.HIGHEST_PROTOCOL))
                 for key, c in calls.items()}
-        except _WorkerGone:
-            raise
-        except (ValueError, TypeError):
-            raise
         except Exception as exc:
-            if set(self._placement.values()) <= set(self._workers()):
+            err = self._gone_or(exc)
+            if err is exc:
                 raise
-            raise _WorkerGone() from exc
+            raise err from exc
 
     def _call_finish(self, futs: dict):
         """The results of ``_call_start``'s futures, {key: result}."""
@@ -302,16 +299,21 @@ class ShardedIVF:
                         if not set(self._placement.values()) <= set(self._workers()):
                             raise _WorkerGone() from None
             return out
-        except _WorkerGone:
-            raise
-        except W.ShardMissingError as exc:
-            raise _WorkerGone() from exc
-        except (ValueError, TypeError):
-            raise
-        except Exception as exc:       # the comm to a dead worker, in any of its forms
-            if set(self._placement.values()) <= set(self._workers()):
+        except Exception as exc:
+            err = self._gone_or(exc)
+            if err is exc:
                 raise
-            raise _WorkerGone() from exc
+            raise err from exc
+
+    def _gone_or(self, exc):
+        """What to raise for ``exc`` from a call: _WorkerGone when a shard or the
+        worker it was on is gone (a comm error, in any of its forms), else exc."""
+        if isinstance(exc, (_WorkerGone, ValueError, TypeError)):
+            return exc
+        if isinstance(exc, W.ShardMissingError) or \
+                not set(self._placement.values()) <= set(self._workers()):
+            return _WorkerGone()
+        return exc
 
     def _gather(self, futures: dict):
         """{key: future} -> {key: result}; raises _WorkerGone if a worker a task is
@@ -434,7 +436,7 @@ class ShardedIVF:
             x = self._sample_dask(x)
         coord = pickle.loads(pickle.dumps(self._coord))
         if coord.is_trained:
-            coord = coord._new_from_params(self._params_of(coord))
+            coord = coord._new_from_params(coord._params())
         coord.train(x)
         self._coord = coord
         self._setup_shards(x)
@@ -451,14 +453,6 @@ class ShardedIVF:
         rng = np.random.default_rng(c.seed)
         rows = np.sort(rng.choice(n, size=cap, replace=False))
         return np.asarray(x[rows].compute())
-
-    @staticmethod
-    def _params_of(index):
-        p = {"d": index.d, "nlist": index.nlist, "metric": index.metric,
-             "n_iter": index.n_iter, "seed": index.seed,
-             "max_points_per_centroid": index.max_points_per_centroid}
-        p.update(index._save_params())
-        return p
 
     def _setup_shards(self, x):
         """Deal lists to shards by expected rows (from x's assignment, or evenly) and
@@ -628,13 +622,9 @@ class ShardedIVF:
         """Remove vectors by id from every shard; ids not stored are ignored. Returns
         how many were removed."""
         self._check_trained("remove")
-        arr = np.atleast_1d(np.asarray(ids))
+        arr = removal_ids(ids)
         if arr.size == 0:
             return 0
-        if arr.dtype.kind not in "iu" or arr.ndim != 1:
-            raise TypeError(f"ids must be an integer or a 1-D array of integers; got "
-                            f"dtype {arr.dtype} and shape {arr.shape}.")
-        arr = np.ascontiguousarray(arr[(arr >= 0) & (arr <= MAX_ID)], dtype=np.int64)
         out = self._robust(lambda: self._gather(
             {s: self._submit(s, W.remove, self._uid, s, arr)
              for s in range(self._n_shards)}))
@@ -885,7 +875,7 @@ class ShardedIVF:
         self._coord.save(os.path.join(directory, qname))
         manifest = {
             "format": _FORMAT, "format_version": _FORMAT_VERSION,
-            "kind": self._coord.kind, "params": self._params_of(self._coord),
+            "kind": self._coord.kind, "params": self._coord._params(),
             "quantizer": qname, "n_shards": self._n_shards, "ntotal": len(self),
             "next_id": self._next_id, "list_shard": self._list_shard.tolist(),
             "centroids_crc32": _crc(self._coord),
@@ -939,7 +929,7 @@ class ShardedIVF:
             if not os.path.exists(path_of(sh["file"])):
                 raise IndexFileError(f"'{directory}': shard {s}'s file '{sh['file']}' "
                                      f"named by {MANIFEST} is missing.")
-        self = cls(coord._new_from_params(cls._params_of(coord)), client, n_shards=S,
+        self = cls(coord._new_from_params(coord._params()), client, n_shards=S,
                    numba_threads=numba_threads)
         self._coord = coord
         self._gen += 1

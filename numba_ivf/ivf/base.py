@@ -31,7 +31,7 @@ from ..kernels.common.topk import ID_SENTINEL
 from ._lists import InvertedLists
 from ._rwlock import RWLock, reading, writing
 
-__all__ = ["IVFBase", "MAX_ID", "check_ids", "normalize_rows"]
+__all__ = ["IVFBase", "MAX_ID", "check_ids", "normalize_rows", "removal_ids"]
 
 # The largest id an index accepts: ID_SENTINEL (2**63 - 1) marks "no result" inside the
 # kernels, so it can never be a stored id.
@@ -75,6 +75,19 @@ def check_ids(ids, n: int, name: str = "ids") -> np.ndarray:
             raise ValueError(f"{name} must be unique; {s[dup[0]]} appears more than "
                              f"once.")
     return arr
+
+
+def removal_ids(ids) -> np.ndarray:
+    """``remove``'s ids as int64, only those that can be stored (others are ignored)."""
+    arr = np.atleast_1d(np.asarray(ids))
+    if arr.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise TypeError(f"ids must be an integer or a 1-D array of integers; got "
+                        f"dtype {arr.dtype} and shape {arr.shape}.")
+    # No stored id is negative or above MAX_ID; filtering before the cast also keeps
+    # uint64 ids past int64 from wrapping round.
+    return np.ascontiguousarray(arr[(arr >= 0) & (arr <= MAX_ID)], dtype=np.int64)
 
 
 def _n_threads() -> int:
@@ -297,16 +310,8 @@ class IVFBase:
         int
             How many vectors were removed.
         """
-        arr = np.atleast_1d(np.asarray(ids))
-        if arr.size == 0:
-            return 0
-        if arr.dtype.kind not in "iu" or arr.ndim != 1:
-            raise TypeError(f"ids must be an integer or a 1-D array of integers; got "
-                            f"dtype {arr.dtype} and shape {arr.shape}.")
-        # No stored id is negative or above MAX_ID; filtering before the cast also
-        # keeps uint64 ids past int64 from wrapping round.
-        arr = np.ascontiguousarray(arr[(arr >= 0) & (arr <= MAX_ID)], dtype=np.int64)
-        return self._lists.remove(arr)
+        arr = removal_ids(ids)
+        return self._lists.remove(arr) if arr.size else 0
 
     @reading
     def reconstruct(self, id: int) -> np.ndarray:
@@ -587,12 +592,9 @@ class IVFBase:
         Read it back with :func:`numba_ivf.load`.
         """
         from ..persistence.format import write_index_file
-        params = {"d": self._d, "nlist": self._nlist, "metric": self._metric,
-                  "n_iter": self.n_iter, "seed": self.seed,
-                  "max_points_per_centroid": self.max_points_per_centroid,
-                  "next_id": self._next_id, "ntotal": len(self),
-                  "trained": self.is_trained}
-        params.update(self._save_params())
+        params = self._params()
+        params.update({"next_id": self._next_id, "ntotal": len(self),
+                       "trained": self.is_trained})
         arrays = {}
         if self.is_trained:
             starts, sizes, ids, payload = self._lists.compact_arrays()
@@ -601,6 +603,14 @@ class IVFBase:
             arrays.update(payload)
             arrays.update(self._save_arrays())
         write_index_file(os.fspath(path), self.kind, params, arrays)
+
+    def _params(self) -> dict:
+        """The constructor's parameters (what ``_new_from_params`` takes)."""
+        p = {"d": self._d, "nlist": self._nlist, "metric": self._metric,
+             "n_iter": self.n_iter, "seed": self.seed,
+             "max_points_per_centroid": self.max_points_per_centroid}
+        p.update(self._save_params())
+        return p
 
     @classmethod
     def _new_from_params(cls, p):
