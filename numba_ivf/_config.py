@@ -265,3 +265,10 @@ DASK_REFINE_TWO_ROUNDS_MIN_QUERIES = 64
 # A sharded batch of at least twice this many queries is sent in chunks of about this
 # many, so that the client's coarse step of one overlaps the shards' scan of the last.
 DASK_SEARCH_CHUNK_ROWS = 2048
+
+# -- PQ training (batched sub-space k-means) ---------------------------------------
+# kernels/encode/pq_train runs every sub-space's Lloyd loop on one thread and assigns
+# its rows in tiles of this many (KMeans's largest tile): the tile's best scores and
+# labels stay in L1 while the sub-space's centroid panels are walked.
+PQ_TRAIN_TILE_ROWS = ASSIGN_MR * 128
+
