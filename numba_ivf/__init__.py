@@ -6,6 +6,7 @@ compiles anything; kernels compile on first use and are cached on disk):
 - ``assign_nearest(x, centroids, metric="l2", variant="tiled")``
 - ``KMeans(n_clusters, ...)``
 - ``IVFFlat(d, nlist, metric="l2")``, ``IVFPQ(d, nlist, m, nbits=8, ...)``,
+  ``IVFRaBitQ(d, nlist, bits=4, ...)``,
   ``ProductQuantizer(d, m, nbits=8)``, ``load(path, mmap=False)``
 - ``IDFilter``: allowed ids for ``search(..., filter=...)`` and ``range_search``
 - ``set_num_threads(n)``, ``get_num_threads()``, ``threads(n)`` (context manager)
@@ -26,6 +27,7 @@ _LAZY = {
     "KMeans": "numba_ivf.kmeans",
     "IVFFlat": "numba_ivf.ivf.flat",
     "IVFPQ": "numba_ivf.ivf.pq",
+    "IVFRaBitQ": "numba_ivf.ivf.rabitq",
     "IDFilter": "numba_ivf.filters",
     "ProductQuantizer": "numba_ivf.pq",
     "load": "numba_ivf.ivf._load",

@@ -272,3 +272,19 @@ DASK_SEARCH_CHUNK_ROWS = 2048
 # labels stay in L1 while the sub-space's centroid panels are walked.
 PQ_TRAIN_TILE_ROWS = ASSIGN_MR * 128
 
+# -- RaBitQ (IVFRaBitQ) ----------------------------------------------------------------
+# Vectors are zero-padded to a multiple of this many dimensions: the sign bits are read
+# four dimensions per nibble and each extra-bit plane is stored as whole bytes.
+RABITQ_DIM_ALIGN = 8
+# epsilon_0 of the 1-bit screening bound, in units of the estimator's standard
+# deviation ||q'|| E1 (Gao & Long 2024): the error is about Gaussian, so 1.9 misses the
+# bound on one side for ~3 % of pairs (the paper's and FAISS's choice), 2.6 for < 0.5 %
+# (tests/test_rabitq.py measures both). A miss costs recall only for a neighbour near
+# the k-th key; search(epsilon=...) trades it against speed.
+RABITQ_EPSILON = 1.9
+# The multi-bit code of a vector picks its scale among this many clip levels of max|o|
+# (the one with the best cosine between the quantized and the true direction).
+RABITQ_SCALE_STEPS = 64
+# Per-row allowance of the uint8 screening table (0.5 for rounding to nearest, plus
+# float32 rounding of the table entries), as fastscan_search._ROUND_SLACK.
+RABITQ_LUT_SLACK = 0.5005

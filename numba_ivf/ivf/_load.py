@@ -25,7 +25,8 @@ __all__ = ["load", "register_kind"]
 # kind -> loader(IndexFile) -> index
 _LOADERS: dict[str, Callable] = {}
 # kind -> module whose import registers it
-_BUILTIN = {"IVFFlat": "numba_ivf.ivf.flat", "IVFPQ": "numba_ivf.ivf.pq"}
+_BUILTIN = {"IVFFlat": "numba_ivf.ivf.flat", "IVFPQ": "numba_ivf.ivf.pq",
+            "IVFRaBitQ": "numba_ivf.ivf.rabitq"}
 # A bitmap over the id range finds duplicates in one scatter (~3 ms per million ids,
 # against ~20 ms for a sort) while it is at most this many bytes per stored id; sparser
 # ids are sorted instead.
@@ -129,6 +130,10 @@ def _check_ivf_file(f) -> None:
                       f"{', '.join(map(str, NBITS))}")
         _bool_param(p, "by_residual", bad)
         refine = _bool_param(p, "refine", bad)
+    elif f.kind == "IVFRaBitQ":
+        bits = _int_param(p, "bits", bad, 1, 8)
+        refine = _bool_param(p, "refine", bad)
+        D = -(-d // 8) * 8          # RABITQ_DIM_ALIGN
 
     a = f.arrays
     if not trained:
@@ -147,6 +152,15 @@ def _check_ivf_file(f) -> None:
     sizes = _array(a, "list_sizes", np.int64, (nlist,), bad)
     if f.kind == "IVFFlat":
         _array(a, "data", np.float32, (n, d), bad)
+    elif f.kind == "IVFRaBitQ":
+        _array(a, "rotation", np.float32, (D, D), bad)
+        _array(a, "codes", np.uint8, (-(-n // _FASTSCAN_BLOCK), D // 8, _FASTSCAN_BLOCK),
+               bad)
+        _array(a, "fac", np.float32, (n, 4), bad)
+        if bits > 1:
+            _array(a, "ex", np.uint8, (n, (bits - 1) * D // 8), bad)
+        if refine:
+            _array(a, "data", np.float32, (n, d), bad)
     else:
         _array(a, "codebooks", np.float32, (m, 1 << nbits, d // m), bad)
         if nbits == 8:
@@ -156,7 +170,7 @@ def _check_ivf_file(f) -> None:
                                           _FASTSCAN_BLOCK), bad)
         if refine:
             _array(a, "data", np.float32, (n, d), bad)
-    for name in ("centroids", "codebooks"):
+    for name in ("centroids", "codebooks", "rotation", "fac"):
         if name in a and not np.isfinite(a[name]).all():
             where = np.argwhere(~np.isfinite(a[name]))[0]
             raise bad(f"array {name!r} holds {a[name][tuple(where)]} at index "
@@ -168,6 +182,8 @@ def _check_ivf_file(f) -> None:
                bad)
     if f.kind == "IVFPQ" and nbits == 4:
         _check_nibble_padding(np.asarray(a["codes"]), n, m, bad)
+    if f.kind == "IVFRaBitQ":
+        _check_nibble_padding(np.asarray(a["codes"]), n, D // 4, bad)
 
 
 def _int_param(p, name, bad, lo, hi=None):
