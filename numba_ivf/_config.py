@@ -288,3 +288,6 @@ RABITQ_SCALE_STEPS = 64
 # Per-row allowance of the uint8 screening table (0.5 for rounding to nearest, plus
 # float32 rounding of the table entries), as fastscan_search._ROUND_SLACK.
 RABITQ_LUT_SLACK = 0.5005
+# Fewer rows than this are rotated by a serial Numba kernel, more by numpy's GEMM (one
+# query through BLAS cost 1-10 ms beside Numba's threads; the kernel ~0.05 ms at D=784).
+RABITQ_ROTATE_BLAS_MIN_ROWS = 64

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from .._config import (PQ_ENCODE_BLOCK_ROWS, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
-                       RABITQ_DIM_ALIGN, RABITQ_EPSILON, RABITQ_SCALE_STEPS)
+                       RABITQ_DIM_ALIGN, RABITQ_EPSILON, RABITQ_ROTATE_BLAS_MIN_ROWS,
+                       RABITQ_SCALE_STEPS)
 from .._validation import check_choice, check_int
 from ._lists import InvertedLists
 from ._load import register_kind
@@ -151,6 +152,11 @@ class IVFRaBitQ(IVFBase):
     # -- helpers ---------------------------------------------------------------------
     def _rotate(self, x: np.ndarray) -> np.ndarray:
         """Rows of x (n, d) float32, zero-padded to D and rotated: (n, D) float32."""
+        if x.shape[0] < RABITQ_ROTATE_BLAS_MIN_ROWS:
+            from ..kernels.rabitq.rabitq_encode import rotate_rows
+            out = np.empty((x.shape[0], self._D), dtype=np.float32)
+            rotate_rows(np.ascontiguousarray(x, dtype=np.float32), self._rotation, out)
+            return out
         if self._D != self._d:
             xp = np.zeros((x.shape[0], self._D), dtype=np.float32)
             xp[:, :self._d] = x
