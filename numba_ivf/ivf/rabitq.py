@@ -211,17 +211,17 @@ class IVFRaBitQ(IVFBase):
         return x[:self._d].astype(np.float32)
 
     # -- search ----------------------------------------------------------------------
-    def _kernel_args(self):
+    def _kernel_args(self, backend=None):
         from ..kernels.fastscan import fastscan
         L = self._lists
         ex = L.payload["ex"] if self._bits > 1 else np.zeros((1, 1), dtype=np.uint8)
-        return L, ex, fastscan.get_backend(None)
+        return L, ex, fastscan.get_backend(backend)
 
-    def _scan(self, q, scores, probes, kk, path, flt, epsilon):
+    def _scan(self, q, scores, probes, kk, path, flt, epsilon, backend=None):
         """(keys, ids, rows) of shape (nq, kk): the RaBitQ estimates' top-kk."""
         from ..kernels.filtering._bits import no_filter
         from ..kernels.rabitq import rabitq_scan
-        L, ex, backend = self._kernel_args()
+        L, ex, backend = self._kernel_args(backend)
         nq = q.shape[0]
         keys = np.empty((nq, kk), dtype=np.float32)
         ids = np.empty((nq, kk), dtype=np.int64)
@@ -250,7 +250,7 @@ class IVFRaBitQ(IVFBase):
     @reading
     def search(self, q, k: int, nprobe: int = 1, *, k_factor: int | None = None,
                filter=None, min_candidates=None, max_nprobe=None, path: str = "auto",
-               epsilon: float | None = None):
+               epsilon: float | None = None, _backend=None):
         """The k nearest stored vectors of each query, among its nprobe nearest lists.
 
         Parameters
@@ -275,6 +275,9 @@ class IVFRaBitQ(IVFBase):
             The error-bound multiplier of the 1-bit screening (default RABITQ_EPSILON
             = 1.9); ``float("inf")`` estimates every probed vector with all its bits
             (no screening), larger is slower and misses fewer neighbours.
+        _backend : str, optional
+            Fast-scan block kernel ("avx512", "avx2", "neon", "portable"; default the
+            fastest this CPU runs), for tests and benchmarks; identical results.
 
         Returns
         -------
@@ -313,7 +316,8 @@ class IVFRaBitQ(IVFBase):
 
             def scan(qs, scores, probes, rf):
                 keys, ids, rows = self._scan(qs, scores, probes, kk, path,
-                                             (rf.fbits, rf.fcount, rf.fslot), eps)
+                                             (rf.fbits, rf.fcount, rf.fslot), eps,
+                                             _backend)
                 return self._finish_candidates(qs, keys, ids, rows, k, serial)
 
             self._search_filtered(q, k, nprobe, filter, min_candidates, max_nprobe, scan,
@@ -322,7 +326,7 @@ class IVFRaBitQ(IVFBase):
         if nq == 0:
             return self._finish(np.empty((0, k), np.float32), np.empty((0, k), np.int64))
         scores, probes = self._coarse(q, nprobe)
-        keys, ids, rows = self._scan(q, scores, probes, kk, path, None, eps)
+        keys, ids, rows = self._scan(q, scores, probes, kk, path, None, eps, _backend)
         keys, ids = self._finish_candidates(q, keys, ids, rows, k, serial)
         return self._finish(np.ascontiguousarray(keys), np.ascontiguousarray(ids))
 

@@ -96,6 +96,17 @@ def key_threshold(thr, base, bias, scale):
     return s + 1
 
 
+@njit(nogil=True, cache=True, inline="always")
+def list_lanes(mask, row0, start, end):
+    """``mask`` (uint64) without the lanes of the block at row0 outside the list's rows
+    [start, end): a list need not start or end on a block."""
+    if row0 < start:
+        mask &= ~((np.uint64(1) << np.uint64(start - row0)) - np.uint64(1))
+    if end - row0 < 32:
+        mask &= (np.uint64(1) << np.uint64(end - row0)) - np.uint64(1)
+    return mask
+
+
 @njit(nogil=True, cache=True, fastmath=_FM)
 def scan_list_blocks(packed, ids, start, n, fb, lut_u8, bias, scale, base, rd, ri, rr,
                      nres, thr, k, acc, backend):
@@ -136,10 +147,7 @@ def scan_list_blocks(packed, ids, start, n, fb, lut_u8, bias, scale, base, rd, r
                                           np.uint16(min(t16 - 1, FASTSCAN_ACC_MAX)),
                                           backend)) & allow
         row0 = 32 * b
-        if row0 < start:
-            mask &= ~((np.uint64(1) << np.uint64(start - row0)) - np.uint64(1))
-        if end - row0 < 32:
-            mask &= (np.uint64(1) << np.uint64(end - row0)) - np.uint64(1)
+        mask = list_lanes(mask, row0, start, end)
         if mask == 0:
             continue
         old = thr

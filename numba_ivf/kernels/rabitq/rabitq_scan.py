@@ -36,6 +36,7 @@ from numba import njit, prange
 from ..filtering._bits import MODE_SKIP, block_lanes, is_filtered, row_list_mode
 from ..fastscan._lutquant import quantize_rows1
 from ..fastscan.fastscan import block_sums_below, check_block_operands
+from ..fastscan.fastscan_search import list_lanes
 from ..scan._rowkeys import lowest_bit
 from ..common.topk import ID_SENTINEL, _sift3, _worse, res_finish
 
@@ -161,11 +162,7 @@ def scan_list(packed, ex, fac, ids, start, n, fb, qp, T, lut_u8, bias, scale, ac
         if allow == 0:
             continue
         row0 = 32 * b
-        mask = allow
-        if row0 < start:
-            mask &= ~((np.uint64(1) << np.uint64(start - row0)) - np.uint64(1))
-        if end - row0 < 32:
-            mask &= (np.uint64(1) << np.uint64(end - row0)) - np.uint64(1)
+        mask = list_lanes(allow, row0, start, end)
         if mask == 0:
             continue
         block_sums_below(packed, b, lut_u8, acc, np.uint16(65535), backend)
