@@ -116,9 +116,11 @@ def test_markdown_and_png(faiss_hnsw_run):
     md = (out / "results.md").read_text()
     assert "| mode | index | params | library | recall@10 | QPS | ms/query |" in md
     assert "## Best QPS at a recall target" in md
-    rows = [line for line in md.splitlines()
+    rows = [line for line in md.split("## All points")[1].splitlines()
             if line.startswith("| batch |") or line.startswith("| single |")]
     assert len(rows) == len(results["points"])
+    summary = md.split("## Best QPS at a recall target")[1].split("## Builds")[0]
+    assert "| batch | ivfflat | faiss | " in summary and "(nprobe=" in summary
     # faiss and hnswlib rows for the same index family sit side by side in one table.
     assert any("| faiss |" in r for r in rows) and any("| hnswlib |" in r for r in rows)
     png = (out / "recall_qps.png").read_bytes()
@@ -185,7 +187,8 @@ def test_numba_ivf_adapters(tiny, tmp_path, no_repeat_floor):
                                     modes=("batch", "single")), dataset=tiny)
     done = {p["index"] for p in results["points"]}
     skipped = {s["index"] for s in results["skipped"]}
-    assert done | skipped == {"ivfflat", "ivfpq", "ivfpq4-refine"}
+    assert done | skipped == {"ivfflat", "ivfpq", "ivfpq4-refine", "ivfrabitq-4b",
+                              "ivfrabitq-5b"}
     assert not done & skipped
     for s in results["skipped"]:
         assert any(s["index"] in n for n in results["notes"])
@@ -199,6 +202,105 @@ def test_numba_ivf_adapters(tiny, tmp_path, no_repeat_floor):
     if "ivfflat" in done:
         b = next(b for b in results["builds"] if b["index"] == "ivfflat")
         assert b["compile_s"] is not None and b["memory_bytes"] > 2000 * 16 * 4
+
+
+# -- ivfrabitq and ScaNN --------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def rabitq_scann_run(tmp_path_factory, no_repeat_floor):
+    """--quick sweep of ivfrabitq (numba_ivf, and FAISS where importable) and ScaNN
+    (where importable) on n=2000, d=32, 50 queries."""
+    ds = make_synthetic(n=2000, nq=50, d=32, n_clusters=10, seed=7)
+    _, ds.neighbors = ground_truth(ds.base, ds.queries, 10, ds.metric)
+    libs = ("numba_ivf",) + tuple(lib for lib in ("faiss", "scann")
+                                  if harness._try_import(lib) is not None)
+    out = tmp_path_factory.mktemp("rabitq")
+    cfg = BenchConfig(quick=True, libs=libs, indexes=("ivfrabitq",), repeats=1,
+                      single_queries=10, modes=("batch", "single"), out=str(out),
+                      quiet=True)
+    return run_benchmark(cfg, dataset=ds), out
+
+
+def _points(results, library, index):
+    return [p for p in results["points"]
+            if p["library"] == library and p["index"] == index]
+
+
+def test_rabitq_numba_ivf(rabitq_scann_run):
+    results, out = rabitq_scann_run
+    assert not [s for s in results["skipped"] if s["library"] == "numba_ivf"]
+    nprobe = results["config"]["resolved"]["nprobe"]
+    assert nprobe == [1, 4, 16]  # --quick
+    for bits in (4, 5):
+        pts = _points(results, "numba_ivf", f"ivfrabitq-{bits}b")
+        assert len(pts) == 3 * 2  # 3 nprobe x 2 modes
+        assert all(0.0 <= p["recall"] <= 1.0 for p in pts)
+        assert all(p["bytes_per_vector"] == 32 * bits // 8 + 24 for p in pts)
+        top = [p for p in pts if p["params"]["nprobe"] == max(nprobe)]
+        assert all(p["recall"] > 0.5 for p in top), top
+        b = next(b for b in results["builds"] if b["index"] == f"ivfrabitq-{bits}b"
+                 and b["library"] == "numba_ivf")
+        assert b["build_params"] == {"nlist": 179, "bits": bits} and b["error"] is None
+    md = (out / "results.md").read_text()
+    assert "| memory | bytes/vector | error |" in md
+    assert "| numba_ivf | ivfrabitq-4b | nlist=179 bits=4 |" in md
+    assert "| batch | ivfrabitq-5b | numba_ivf | " in md  # the summary row
+
+
+def test_rabitq_faiss(rabitq_scann_run):
+    faiss = pytest.importorskip("faiss")
+    results, _ = rabitq_scann_run
+    for bits in (4, 5):
+        pts = _points(results, "faiss", f"ivfrabitq-{bits}b")
+        assert len(pts) == 6 and all(0.0 <= p["recall"] <= 1.0 for p in pts)
+        inner = faiss.IndexIVFRaBitQFastScan(faiss.IndexFlatL2(32), 32, 179,
+                                             faiss.METRIC_L2, 32, True, bits)
+        assert pts[0]["bytes_per_vector"] == inner.code_size + 8
+        assert max(p["recall"] for p in pts) > 0.5
+
+
+def test_scann_runner(rabitq_scann_run):
+    pytest.importorskip("scann")
+    results, out = rabitq_scann_run
+    pts = _points(results, "scann", "tree-ah-reorder")
+    # --quick: nprobe 1,4,16 x re-ordered candidates 10 x (4, 16), in both modes.
+    assert sorted({tuple(p["params"].values()) for p in pts}) == [
+        (p, r) for p in (1, 4, 16) for r in (40, 160)]
+    assert len(pts) == 12 and all(0.0 <= p["recall"] <= 1.0 for p in pts)
+    by = {(p["mode"], tuple(p["params"].values())): p["recall"] for p in pts}
+    assert by[("batch", (16, 160))] > 0.5
+    assert by[("batch", (16, 160))] == pytest.approx(by[("single", (16, 160))], abs=0.2)
+    b = next(b for b in results["builds"] if b["library"] == "scann")
+    assert b["build_params"]["distance"] == "squared_l2"
+    assert "anisotropic_threshold" not in b["build_params"]  # L2: left to ScaNN (NaN)
+    assert b["memory_bytes"] > 2000 * 32 * 4  # keeps the float rows for re-ordering
+    threads = results["machine"]["threads"]
+    note = next(n for n in results["notes"] if n.startswith("scann: "))
+    assert f"set_n_training_threads({threads})" in note
+    md = (out / "results.md").read_text()
+    assert f"- {note}" in md and "| scann | tree-ah-reorder |" in md
+
+
+def test_plot_styles_are_distinct():
+    from numba_ivf.bench.plot import _style
+    rank = {"ivfrabitq-4b": 0, "ivfrabitq-5b": 1}
+    labels = [(lib, ix) for lib in ("numba_ivf", "faiss")
+              for ix in ("ivfflat", "ivfpq", "ivfpq4-refine", "ivfrabitq-4b",
+                         "ivfrabitq-5b")] + [("hnswlib", "hnsw"),
+                                             ("scann", "tree-ah-reorder")]
+    styles = [_style(lib, ix, rank) for lib, ix in labels]
+    assert len(set(styles)) == len(labels)
+    assert all(color != "tab:gray" for color, _ in styles)
+
+
+def test_scann_skipped_without_scann(tiny, tmp_path, monkeypatch, no_repeat_floor):
+    monkeypatch.setitem(sys.modules, "scann", None)
+    results = run_benchmark(_config(tmp_path, libs=("scann",), modes=("batch",)),
+                            dataset=tiny)
+    assert results["points"] == []
+    assert results["skipped"][0]["library"] == "scann"
+    assert any("skipping scann tree-ah-reorder: scann is not installed" in n
+               for n in results["notes"])
 
 
 # -- CLI ------------------------------------------------------------------------------
@@ -224,8 +326,17 @@ def test_cli_errors(tmp_path, capsys):
     assert "--nprobe must be a comma-separated list of integers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--libs", "faiss,annoy"])
-    assert "--libs must be a comma-separated subset of numba_ivf,faiss,hnswlib" in \
+    assert "--libs must be a comma-separated subset of numba_ivf,faiss,hnswlib,scann" in \
         capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--rabitq-bits", "4,9"])
+    assert "--rabitq-bits values must be in 1..8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--indexes", "ivfflat,rabitq"])
+    assert "subset of ivfflat,ivfpq,ivfpq4-refine,ivfrabitq" in capsys.readouterr().err
+    assert main(["--filter", "--libs", "faiss,scann", "--quiet",
+                 "--out", str(tmp_path / "o")]) == 1
+    assert "--libs scann is not supported with --filter" in capsys.readouterr().err
     assert main(["--dataset", str(tmp_path / "missing"), "--quiet",
                  "--out", str(tmp_path / "o")]) == 1
     assert "missing: no such file or folder" in capsys.readouterr().err
@@ -237,8 +348,10 @@ def test_cli_errors(tmp_path, capsys):
 def test_cli_parser_defaults():
     args = build_parser().parse_args([])
     assert args.dataset == "synthetic" and args.k == 10 and args.mode == "batch"
-    assert args.libs == ("numba_ivf", "faiss", "hnswlib")
-    assert args.indexes == ("ivfflat", "ivfpq", "ivfpq4-refine")
+    assert args.libs == ("numba_ivf", "faiss", "hnswlib", "scann")
+    assert args.indexes == ("ivfflat", "ivfpq", "ivfpq4-refine", "ivfrabitq")
+    assert args.rabitq_bits == (4, 5)
+    assert build_parser().parse_args(["--rabitq-bits", "5,1,5"]).rabitq_bits == (1, 5)
     args = build_parser().parse_args(["--mode", "both", "--k-factor", "2,4",
                                       "--libs", "faiss,faiss"])
     assert args.k_factor == (2, 4) and args.libs == ("faiss",)
@@ -248,6 +361,12 @@ def test_resolve_defaults(tiny):
     ctx = harness._resolve(BenchConfig(), tiny)
     assert ctx["nlist"] == round(4 * np.sqrt(2000))  # 179
     assert ctx["nprobe"] == [1, 2, 4, 8, 16, 32, 64, 128, 179]
+    assert ctx["rabitq_bits"] == [4, 5]
+    assert ctx["k_factor"] == [2, 4, 8] and ctx["scann_k_factor"] == [2, 4, 8, 16]
+    assert harness._resolve(BenchConfig(k_factor=(3,)), tiny)["scann_k_factor"] == [3]
+    with pytest.raises(ValueError, match=r"rabitq_bits \(--rabitq-bits\) values must "
+                                         r"be in 1..8; got \[0\]"):
+        harness._resolve(BenchConfig(rabitq_bits=(0,)), tiny)
     assert ctx["ef"] == [16, 32, 64, 128, 256, 512]
     assert ctx["pq_m"] == 8 and 16 % ctx["pq_m"] == 0
     assert harness._default_pq_m(50) == 25 and harness._default_pq_m(784) == 56
@@ -535,8 +654,10 @@ def test_cli_filter_defaults_and_errors(capsys):
                                          "ivfpq", "--min-candidates", "50"]))
     assert cfg.modes == ("batch",) and cfg.indexes == ("ivfpq",)
     assert cfg.min_candidates == 50
+    assert cfg.libs == ("numba_ivf", "faiss", "hnswlib")  # no filtered ScaNN runner
     cfg = config_from_args(p.parse_args([]))  # without --filter nothing changes
     assert not cfg.filter and cfg.modes == ("batch",) and cfg.indexes == harness.INDEXES
+    assert cfg.libs == harness.LIBRARIES
     with pytest.raises(SystemExit):
         p.parse_args(["--filter-fractions", "0.5,2"])
     assert "--filter-fractions values must be in (0, 1]" in capsys.readouterr().err

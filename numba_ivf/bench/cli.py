@@ -21,6 +21,8 @@ examples:
   numba-ivf bench --quick
   numba-ivf bench --dataset /root/ann-data/glove-50 --k 10 --mode both --out glove
   numba-ivf bench --dataset sift_base.fvecs --metric l2 --libs numba_ivf,faiss
+  numba-ivf bench --quick --libs numba_ivf,faiss,scann --indexes ivfrabitq \\
+      --rabitq-bits 1,4,5
   numba-ivf bench --filter --quick --dataset glove-50 --out filter-glove
 """
 
@@ -74,6 +76,14 @@ def _choice_list(name, allowed):
     return parse
 
 
+def _rabitq_bits(text: str) -> tuple:
+    values = _int_list("--rabitq-bits")(text)
+    if max(values) > 8:
+        raise argparse.ArgumentTypeError(
+            f"--rabitq-bits values must be in 1..8 (bits per dimension); got {text!r}")
+    return tuple(sorted(set(values)))
+
+
 def _positive_int(name):
     def parse(text: str) -> int:
         try:
@@ -92,7 +102,7 @@ def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         description="Sweep recall@k against queries per second for numba_ivf's IVF "
-                    "indexes, beside FAISS and hnswlib when they are installed.",
+                    "indexes, beside FAISS, hnswlib and ScaNN when they are installed.",
         epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", default="synthetic", metavar="PATH|NAME|synthetic",
@@ -123,11 +133,13 @@ def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
 
     s = p.add_argument_group("what to run")
     s.add_argument("--libs", type=_choice_list("--libs", LIBRARIES), metavar="LIST",
-                   default=LIBRARIES, help=f"default {','.join(LIBRARIES)}")
+                   default=LIBRARIES, action=_Explicit,
+                   help=f"default {','.join(LIBRARIES)} (without scann with --filter)")
     s.add_argument("--indexes", type=_choice_list("--indexes", INDEXES), metavar="LIST",
                    default=INDEXES, action=_Explicit,
                    help=f"IVF indexes (default {','.join(INDEXES)}; ivfflat,ivfpq4-refine "
-                        f"with --filter); hnswlib always builds HNSW")
+                        f"with --filter); hnswlib always builds HNSW, scann always its "
+                        f"tree + AH + re-order searcher")
     s.add_argument("--nlist", type=_positive_int("--nlist"), default=None,
                    help="inverted lists (default round(4 * sqrt(n)))")
     s.add_argument("--nprobe", type=_int_list("--nprobe"), default=None, metavar="LIST",
@@ -135,7 +147,11 @@ def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
                         "--quick)")
     s.add_argument("--k-factor", type=_int_list("--k-factor"), default=None, metavar="LIST",
                    help="re-rank factor sweep for ivfpq4-refine (default 2,4,8; 4 with "
-                        "--quick)")
+                        "--quick) and for scann's re-ordered candidates k * factor "
+                        "(default 2,4,8,16; 4,16 with --quick)")
+    s.add_argument("--rabitq-bits", type=_rabitq_bits, default=(4, 5), metavar="LIST",
+                   help="bits per dimension for ivfrabitq, one index per value, "
+                        "1..8 (default 4,5)")
     s.add_argument("--ef", type=_int_list("--ef"), default=None, metavar="LIST",
                    help="hnswlib ef sweep (default 16,...,512; 32,128 with --quick; "
                         "values below k are raised to k)")
@@ -194,18 +210,23 @@ def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, command: str = "") -> BenchConfig:
     """Turn parsed arguments into a :class:`BenchConfig`."""
     explicit = getattr(args, "explicit", frozenset())
-    mode, indexes = args.mode, tuple(args.indexes)
+    mode, indexes, libs = args.mode, tuple(args.indexes), tuple(args.libs)
     if args.filter:
         from .filtered import FILTER_INDEXES
         if "mode" not in explicit:
             mode = "both"
         if "indexes" not in explicit:
             indexes = FILTER_INDEXES
+        if "libs" in explicit and "scann" in libs:
+            raise ValueError("--libs scann is not supported with --filter (the filtered "
+                             "sweep has no ScaNN runner); leave scann out of --libs")
+        libs = tuple(lib for lib in libs if lib != "scann")
     modes = ("batch", "single") if mode == "both" else (mode,)
     return BenchConfig(
-        dataset=args.dataset, metric=args.metric, k=args.k, libs=tuple(args.libs),
+        dataset=args.dataset, metric=args.metric, k=args.k, libs=libs,
         indexes=indexes, nlist=args.nlist, nprobe=args.nprobe,
-        k_factor=args.k_factor, ef=args.ef, pq_m=args.pq_m, modes=modes,
+        k_factor=args.k_factor, ef=args.ef, pq_m=args.pq_m,
+        rabitq_bits=tuple(args.rabitq_bits), modes=modes,
         threads=args.threads, max_queries=args.max_queries,
         single_queries=args.single_queries, repeats=args.repeats, quick=args.quick,
         out=args.out, seed=args.seed, synthetic_n=args.synthetic_n,
@@ -226,7 +247,11 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     command = "numba-ivf bench " + " ".join(shlex.quote(a) for a in argv)
-    cfg = config_from_args(args, command.strip())
+    try:
+        cfg = config_from_args(args, command.strip())
+    except ValueError as exc:  # a bad combination of options
+        print(f"numba-ivf bench: error: {exc}", file=sys.stderr)
+        return 1
     try:
         if cfg.filter:
             from .filtered import print_tables, run_filtered_benchmark

@@ -512,6 +512,12 @@ class _HnswFiltered(_h._HnswRunner):
 def _make_runners(cfg, ctx, notes, skipped) -> list:
     runners = []
     for lib in cfg.libs:
+        if lib == "scann":
+            # ScaNN has no filtered search to compare against (no allow-list argument).
+            msg = "skipping scann: it has no filtered search"
+            notes.append(msg)
+            skipped.append({"library": "scann", "index": "-", "reason": msg})
+            continue
         if lib == "hnswlib":
             items = [("hnswlib", "hnsw", lambda ix: _HnswFiltered(ctx))]
         elif lib == "faiss":

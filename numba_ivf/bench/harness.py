@@ -1,4 +1,4 @@
-"""Recall/QPS sweeps of numba_ivf beside FAISS and hnswlib.
+"""Recall/QPS sweeps of numba_ivf beside FAISS, hnswlib and ScaNN.
 
 One *runner* per (library, index): it builds the index once (train and add timed
 apart), then every point of its parameter sweep is searched in each mode:
@@ -14,9 +14,17 @@ Calls faster than ``BENCH_MIN_REPEAT_S`` are run several times inside each timed
 repeat. Recall is id-based: the fraction of the exact top-k ids returned.
 
 Every library gets the same thread count (``numba.set_num_threads``,
-``faiss.omp_set_num_threads``, hnswlib ``num_threads``, BLAS through threadpoolctl).
-For ``cosine`` FAISS and hnswlib receive L2-normalised vectors and use inner product;
-numba_ivf receives the raw vectors and ``metric="cosine"``.
+``faiss.omp_set_num_threads``, hnswlib ``num_threads``, ScaNN's training and query
+pools, BLAS through threadpoolctl). For ``cosine`` the other libraries receive
+L2-normalised vectors and use inner product; numba_ivf receives the raw vectors and
+``metric="cosine"``.
+
+``ivfrabitq`` builds one runner per ``rabitq_bits`` value, labelled with the bits
+(``ivfrabitq-4b``): numba_ivf's ``IVFRaBitQ`` and FAISS's ``IndexIVFRaBitQFastScan``
+behind a random rotation, both without re-ranking. ScaNN is one runner
+(``tree-ah-reorder``: k-means tree, anisotropic hashing, exact re-ordering) swept over
+leaves searched (the nprobe list) x re-ordered candidates (k x the k_factor list if
+given, else k x 2, 4, 8, 16).
 
 A library or index that cannot be imported or fails is skipped with a note; the
 results written so far are kept (``results.json`` and ``results.md`` are rewritten
@@ -47,18 +55,35 @@ __all__ = ["BenchConfig", "run_benchmark", "recall_at_k", "machine_info",
            "write_markdown", "LIBRARIES", "INDEXES", "MODES", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
-LIBRARIES = ("numba_ivf", "faiss", "hnswlib")
-INDEXES = ("ivfflat", "ivfpq", "ivfpq4-refine")
+LIBRARIES = ("numba_ivf", "faiss", "hnswlib", "scann")
+INDEXES = ("ivfflat", "ivfpq", "ivfpq4-refine", "ivfrabitq")
 MODES = ("batch", "single")
 
 _NPROBE_FULL = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _NPROBE_QUICK = (1, 4, 16)
 _KFACTOR_FULL = (2, 4, 8)
 _KFACTOR_QUICK = (4,)
+# ScaNN's re-ordered candidates are k x these unless --k-factor is given: its 4-bit AH
+# scores need more re-ordering than 4-bit PQ + refine to pass recall 0.95 (measured on
+# synthetic 20000 x 32: 0.77 at 4k, 0.94 at 16k with 16 of 566 leaves).
+_SCANN_KFACTOR_FULL = (2, 4, 8, 16)
+_SCANN_KFACTOR_QUICK = (4, 16)
 _EF_FULL = (16, 32, 64, 128, 256, 512)
 _EF_QUICK = (32, 128)
 _HNSW_M = 16
 _HNSW_EF_CONSTRUCTION = 200
+_RABITQ_BITS = (4, 5)
+_FAISS_RABITQ_QB = 8       # query bits; qb=0 crashes IndexIVFRaBitQFastScan
+_SCANN_DIMS_PER_BLOCK = 2
+_SCANN_AVQ_THRESHOLD = 0.2  # dot product only; ScaNN leaves it unset (NaN) for L2
+_SCANN_MAX_TRAIN = 250000
+_SCANN_BATCH = 256          # ScaNN's own default batch for search_batched_parallel
+# Environment that changes thread behaviour, recorded with the machine: on a loaded
+# 2-core machine FAISS's fast-scan one-query search took 7 ms with libgomp's default
+# wait policy and 0.05 ms with OMP_WAIT_POLICY=PASSIVE.
+_THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+               "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+               "NUMBA_THREADING_LAYER")
 
 
 @dataclass
@@ -79,6 +104,7 @@ class BenchConfig:
     k_factor: tuple | None = None
     ef: tuple | None = None
     pq_m: int | None = None
+    rabitq_bits: tuple = _RABITQ_BITS
     modes: tuple = ("batch",)
     threads: int | None = None
     max_queries: int | None = None
@@ -196,7 +222,9 @@ def machine_info(threads: int | None = None) -> dict:
                                                        "__version__", None),
         "faiss": _version("faiss-cpu") or _version("faiss"),
         "hnswlib": _version("hnswlib"),
+        "scann": _version("scann"),
         "blas": None,
+        "thread_env": {k: os.environ[k] for k in _THREAD_ENV if k in os.environ},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     threadpoolctl = _try_import("threadpoolctl")
@@ -234,21 +262,41 @@ class _Runner:
     def memory_bytes(self):
         return None
 
+    def bytes_per_vector(self):
+        """Bytes one stored vector costs in the lists (codes, factors, 8-byte id), or
+        None where the library does not say."""
+        return None
+
 
 class _IVFMixin:
+    """``kind`` is the index family (an INDEXES entry); ``index`` is the label in the
+    results, which for ivfrabitq carries the bits ("ivfrabitq-4b")."""
+
+    def _set_kind(self, index, bits):
+        if index == "ivfrabitq":
+            # filtered.py builds these runners without bits: take the first.
+            self.bits = int(bits if bits is not None else self.ctx["rabitq_bits"][0])
+            self.index = f"ivfrabitq-{self.bits}b"
+        else:
+            self.bits = None
+            self.index = index
+        self.kind = index
+
     def params(self) -> list[dict]:
         ctx = self.ctx
-        if self.index == "ivfpq4-refine":
+        if self.kind == "ivfpq4-refine":
             return [{"nprobe": p, "k_factor": f} for p in ctx["nprobe"]
                     for f in ctx["k_factor"]]
         return [{"nprobe": p} for p in ctx["nprobe"]]
 
     def build_params(self) -> dict:
         bp = {"nlist": self.ctx["nlist"]}
-        if self.index == "ivfpq":
+        if self.kind == "ivfpq":
             bp.update(m=self.ctx["pq_m"], nbits=8)
-        elif self.index == "ivfpq4-refine":
+        elif self.kind == "ivfpq4-refine":
             bp.update(m=self.ctx["pq_m"], nbits=4, refine="flat")
+        elif self.kind == "ivfrabitq":
+            bp.update(bits=self.bits)
         return bp
 
 
@@ -281,11 +329,12 @@ def _array_bytes(obj, depth: int = 4) -> int:
 
 class _NumbaIVFRunner(_IVFMixin, _Runner):
     library = "numba_ivf"
-    _CLASS = {"ivfflat": "IVFFlat", "ivfpq": "IVFPQ", "ivfpq4-refine": "IVFPQ"}
+    _CLASS = {"ivfflat": "IVFFlat", "ivfpq": "IVFPQ", "ivfpq4-refine": "IVFPQ",
+              "ivfrabitq": "IVFRaBitQ"}
 
-    def __init__(self, ctx, index):
+    def __init__(self, ctx, index, bits=None):
         super().__init__(ctx)
-        self.index = index
+        self._set_kind(index, bits)
         name = self._CLASS[index]
         try:
             self.cls = getattr(importlib.import_module("numba_ivf"), name)
@@ -295,9 +344,11 @@ class _NumbaIVFRunner(_IVFMixin, _Runner):
     def _make(self, nlist):
         ctx = self.ctx
         d, metric = ctx["d"], ctx["metric"]
-        if self.index == "ivfflat":
+        if self.kind == "ivfflat":
             return self.cls(d, nlist, metric=metric)
-        nbits, refine = (8, False) if self.index == "ivfpq" else (4, True)
+        if self.kind == "ivfrabitq":
+            return self.cls(d, nlist, bits=self.bits, metric=metric)
+        nbits, refine = (8, False) if self.kind == "ivfpq" else (4, True)
         return self.cls(d, nlist, ctx["pq_m"], nbits=nbits, metric=metric,
                         by_residual=True, refine=refine)
 
@@ -322,7 +373,7 @@ class _NumbaIVFRunner(_IVFMixin, _Runner):
         self.obj.add(x)
 
     def _search(self, idx, q, params):
-        if self.index == "ivfpq4-refine":
+        if self.kind == "ivfpq4-refine":
             _, I = idx.search(q, self.k, nprobe=params["nprobe"],
                               k_factor=params["k_factor"])
         else:
@@ -333,20 +384,26 @@ class _NumbaIVFRunner(_IVFMixin, _Runner):
         return self._search(self.obj, q, params)
 
     def memory_bytes(self):
-        for attr in ("nbytes", "memory_usage"):
+        for attr in ("nbytes", "memory_usage", "memory_bytes"):
             v = getattr(self.obj, attr, None)
             v = v() if callable(v) else v
             if isinstance(v, (int, np.integer)):
                 return int(v), attr
+            if isinstance(v, dict):  # IVFPQ, IVFRaBitQ: bytes by part
+                return int(sum(v.values())), f"{attr} (sum of parts)"
         return _array_bytes(self.obj), "arrays held (estimate)"
+
+    def bytes_per_vector(self):
+        v = getattr(self.obj, "code_bytes", None)  # includes the 8-byte id
+        return int(v) if isinstance(v, (int, np.integer)) else None
 
 
 class _FaissRunner(_IVFMixin, _Runner):
     library = "faiss"
 
-    def __init__(self, ctx, index):
+    def __init__(self, ctx, index, bits=None):
         super().__init__(ctx)
-        self.index = index
+        self._set_kind(index, bits)
         self.faiss = _try_import("faiss")
         if self.faiss is None:
             raise ImportError("faiss is not installed (pip install faiss-cpu)")
@@ -357,10 +414,19 @@ class _FaissRunner(_IVFMixin, _Runner):
         mt = faiss.METRIC_L2 if ctx["metric"] == "l2" else faiss.METRIC_INNER_PRODUCT
         quant = faiss.IndexFlatL2(d) if mt == faiss.METRIC_L2 else faiss.IndexFlatIP(d)
         self._keep = [quant]  # the SWIG wrappers do not own their sub-indexes
-        if self.index == "ivfflat":
+        if self.kind == "ivfflat":
             idx = faiss.IndexIVFFlat(quant, d, nlist, mt)
-        elif self.index == "ivfpq":
+        elif self.kind == "ivfpq":
             idx = faiss.IndexIVFPQ(quant, d, nlist, ctx["pq_m"], 8, mt)
+        elif self.kind == "ivfrabitq":
+            # bbs=32, own_invlists; RaBitQ's bound assumes a random rotation, which
+            # numba_ivf applies inside its index and FAISS leaves to a pre-transform.
+            inner = faiss.IndexIVFRaBitQFastScan(quant, d, nlist, mt, 32, True,
+                                                 self.bits)
+            inner.qb = _FAISS_RABITQ_QB
+            rot = faiss.RandomRotationMatrix(d, d)
+            self._keep += [inner, rot]
+            idx = faiss.IndexPreTransform(rot, inner)
         else:
             base = faiss.IndexIVFPQFastScan(quant, d, nlist, ctx["pq_m"], 4, mt)
             self._keep.append(base)
@@ -384,6 +450,11 @@ class _FaissRunner(_IVFMixin, _Runner):
             return int(self.faiss.serialize_index(self.obj).nbytes), "serialized size"
         except Exception:
             return None
+
+    def bytes_per_vector(self):
+        if self.kind != "ivfrabitq":
+            return None
+        return int(self.faiss.extract_index_ivf(self.obj).code_size) + 8  # + the id
 
 
 class _HnswRunner(_Runner):
@@ -424,6 +495,108 @@ class _HnswRunner(_Runner):
             return None
 
 
+class _ScannRunner(_Runner):
+    """ScaNN: k-means tree (nlist leaves), anisotropic hashing of 2-dim blocks (4-bit
+    codes), exact re-ordering of the best ``reorder_k`` candidates.
+
+    One build serves the sweep: ``leaves_to_search`` (the nprobe list) and
+    ``pre_reorder_num_neighbors`` (``reorder_k``, k x ``scann_k_factor``) are per-call
+    arguments. ``build()`` trains and indexes in one call, so ``train_s``
+    holds the whole build and ``add_s`` is 0.
+
+    Threads (ScaNN 1.4, measured here with per-thread CPU time): training uses a pool
+    of ``set_n_training_threads(T)`` threads; ``search_batched_parallel`` splits the
+    queries into batches run on a pool of ``set_num_threads(n)`` workers *plus the
+    calling thread*, so n = T - 1 caps it at T. With T = 1 that would be an empty pool,
+    on which search_batched_parallel segfaults, so T = 1 uses ``search_batched``
+    (one thread). ``search`` (one query) and ``search_batched`` are single-threaded.
+    """
+
+    library = "scann"
+    index = "tree-ah-reorder"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.scann = _try_import("scann")
+        if self.scann is None or not hasattr(self.scann, "scann_ops_pybind"):
+            raise ImportError("scann is not installed or has no scann_ops_pybind "
+                              "(pip install scann)")
+        self.dot = ctx["metric"] != "l2"  # cosine arrives normalised
+        self.threads = ctx["threads"]
+        self.parallel = None
+
+    def params(self):
+        return [{"nprobe": p, "reorder_k": self.k * f} for p in self.ctx["nprobe"]
+                for f in self.ctx["scann_k_factor"]]
+
+    def build_params(self):
+        bp = {"num_leaves": self.ctx["nlist"],
+              "training_sample_size": min(self.ctx["n"], _SCANN_MAX_TRAIN),
+              "dims_per_block": _SCANN_DIMS_PER_BLOCK,
+              "distance": "dot_product" if self.dot else "squared_l2"}
+        if self.dot:
+            bp["anisotropic_threshold"] = _SCANN_AVQ_THRESHOLD
+        return bp
+
+    def thread_note(self) -> str:
+        how = (f"search_batched_parallel on set_num_threads({self.threads - 1}) workers "
+               f"+ the calling thread" if self.threads > 1 else
+               "search_batched (set_num_threads(0) would crash search_batched_parallel)")
+        return (f"scann: {self.threads} thread(s): training set_n_training_threads("
+                f"{self.threads}); batch mode {how}; single mode searcher.search, one "
+                f"thread")
+
+    def train(self, x):
+        ctx, bp = self.ctx, self.build_params()
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        builder = self.scann.scann_ops_pybind.builder(x, self.k, bp["distance"])
+        builder = builder.tree(num_leaves=bp["num_leaves"],
+                               num_leaves_to_search=ctx["nprobe"][0],
+                               training_sample_size=bp["training_sample_size"])
+        # For squared_l2 the anisotropic threshold stays unset (NaN: plain AH).
+        avq = ({"anisotropic_quantization_threshold": _SCANN_AVQ_THRESHOLD}
+               if self.dot else {})
+        builder = builder.score_ah(_SCANN_DIMS_PER_BLOCK, **avq)
+        builder = builder.reorder(max(p["reorder_k"] for p in self.params()))
+        builder.set_n_training_threads(self.threads)
+        self.obj = builder.build()
+        self.parallel = self.threads > 1 and hasattr(self.obj, "search_batched_parallel")
+        if self.parallel:
+            self.obj.set_num_threads(self.threads - 1)
+
+    def add(self, x):
+        pass  # build() in train() indexed the rows already
+
+    def search(self, q, params):
+        kw = {"final_num_neighbors": self.k, "leaves_to_search": params["nprobe"],
+              "pre_reorder_num_neighbors": params["reorder_k"]}
+        if q.shape[0] == 1:
+            ids, _ = self.obj.search(q[0], **kw)
+            out = np.full((1, self.k), -1, dtype=np.int64)
+            out[0, :len(ids)] = ids
+            return out
+        if self.parallel:
+            # Smaller batches when there are fewer than 256 queries per thread, so
+            # that every thread gets one.
+            bs = max(1, min(_SCANN_BATCH, -(-q.shape[0] // self.threads)))
+            ids, dist = self.obj.search_batched_parallel(q, batch_size=bs, **kw)
+        else:
+            ids, dist = self.obj.search_batched(q, **kw)
+        ids = np.asarray(ids).astype(np.int64)
+        ids[np.isnan(dist)] = -1  # short rows are padded with id 0 and NaN distance
+        return ids
+
+    def memory_bytes(self):
+        import tempfile
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                self.obj.serialize(tmp)
+                return sum(f.stat().st_size for f in Path(tmp).iterdir()), \
+                    "serialized size"
+        except Exception:
+            return None
+
+
 # -- the run --------------------------------------------------------------------------
 
 def _resolve(cfg: BenchConfig, ds: _ds.Dataset) -> dict:
@@ -434,13 +607,19 @@ def _resolve(cfg: BenchConfig, ds: _ds.Dataset) -> dict:
     nprobe = cfg.nprobe or (_NPROBE_QUICK if cfg.quick else _NPROBE_FULL)
     nprobe = sorted({min(p, nlist) for p in nprobe})
     k_factor = sorted(set(cfg.k_factor or (_KFACTOR_QUICK if cfg.quick else _KFACTOR_FULL)))
+    scann_k_factor = sorted(set(cfg.k_factor or (_SCANN_KFACTOR_QUICK if cfg.quick
+                                                 else _SCANN_KFACTOR_FULL)))
     ef = cfg.ef or (_EF_QUICK if cfg.quick else _EF_FULL)
     ef = sorted({max(e, k) for e in ef})
     pq_m = cfg.pq_m if cfg.pq_m is not None else _default_pq_m(d)
-    if d % pq_m and any(ix != "ivfflat" for ix in cfg.indexes):
+    if d % pq_m and any(ix in ("ivfpq", "ivfpq4-refine") for ix in cfg.indexes):
         divisors = [m for m in range(1, d + 1) if d % m == 0]
         raise ValueError(f"pq_m (--pq-m) must divide d={d} for the PQ indexes; got "
                          f"{pq_m}. Divisors of {d}: {divisors}.")
+    bits = sorted(set(cfg.rabitq_bits or _RABITQ_BITS))
+    if not all(1 <= b <= 8 for b in bits):
+        raise ValueError(f"rabitq_bits (--rabitq-bits) values must be in 1..8; got "
+                         f"{list(cfg.rabitq_bits)}")
     threads = cfg.threads
     if threads is None:
         try:
@@ -449,8 +628,9 @@ def _resolve(cfg: BenchConfig, ds: _ds.Dataset) -> dict:
             threads = os.cpu_count() or 1
     return {
         "n": n, "d": d, "k": k, "metric": ds.metric, "nlist": nlist,
-        "nprobe": nprobe, "k_factor": k_factor, "ef": ef,
-        "pq_m": pq_m,
+        "nprobe": nprobe, "k_factor": k_factor, "scann_k_factor": scann_k_factor,
+        "ef": ef,
+        "pq_m": pq_m, "rabitq_bits": bits,
         "threads": threads, "seed": cfg.seed,
         "repeats": cfg.repeats if cfg.repeats is not None else 3,
     }
@@ -544,23 +724,33 @@ def _set_threads(threads: int, notes: list) -> int:
 
 def _make_runners(cfg: BenchConfig, ctx: dict, notes: list, skipped: list) -> list:
     runners = []
-    factories = {
-        "numba_ivf": lambda ix: _NumbaIVFRunner(ctx, ix),
-        "faiss": lambda ix: _FaissRunner(ctx, ix),
-    }
+    classes = {"numba_ivf": _NumbaIVFRunner, "faiss": _FaissRunner}
     for lib in cfg.libs:
         if lib == "hnswlib":
-            items = [(lib, "hnsw", lambda ix: _HnswRunner(ctx))]
+            items = [(lib, "hnsw", lambda: _HnswRunner(ctx))]
+        elif lib == "scann":  # one runner: ScaNN has no ivfflat/ivfpq distinction
+            items = [(lib, _ScannRunner.index, lambda: _ScannRunner(ctx))]
         else:
-            items = [(lib, ix, factories[lib]) for ix in cfg.indexes]
+            cls = classes[lib]
+            items = []
+            for ix in cfg.indexes:
+                if ix == "ivfrabitq":
+                    items += [(lib, f"ivfrabitq-{b}b",
+                               lambda cls=cls, b=b: cls(ctx, "ivfrabitq", bits=b))
+                              for b in ctx["rabitq_bits"]]
+                else:
+                    items.append((lib, ix, lambda cls=cls, ix=ix: cls(ctx, ix)))
         for lib_, ix, make in items:
             try:
-                runners.append(make(ix))
+                runners.append(make())
             except ImportError as exc:
                 msg = f"skipping {lib_} {ix}: {exc}"
                 notes.append(msg)
                 skipped.append({"library": lib_, "index": ix, "reason": str(exc)})
                 _log(cfg, msg)
+    for r in runners:
+        if hasattr(r, "thread_note"):
+            notes.append(r.thread_note())
     return runners
 
 
@@ -669,7 +859,7 @@ def _run_one(cfg, ctx, runner, ds, base, queries, single_q, results) -> None:
     build = {"library": runner.library, "index": runner.index,
              "build_params": runner.build_params(), "train_s": None, "add_s": None,
              "build_s": None, "compile_s": None, "memory_bytes": None,
-             "memory_method": None, "error": None}
+             "memory_method": None, "bytes_per_vector": None, "error": None}
     with Progress(n_steps, f"{label:<24}", enabled=_bar(cfg)) as bar:
         try:
             build_runner(runner, base, queries, bar, build, results["notes"], label)
@@ -677,6 +867,7 @@ def _run_one(cfg, ctx, runner, ds, base, queries, single_q, results) -> None:
             mem = runner.memory_bytes()
             if mem is not None:
                 build["memory_bytes"], build["memory_method"] = mem
+            build["bytes_per_vector"] = runner.bytes_per_vector()
             bar.update(1, "searching")
             for p in params:
                 for mode in modes:
@@ -690,6 +881,7 @@ def _run_one(cfg, ctx, runner, ds, base, queries, single_q, results) -> None:
                         "train_s": build["train_s"], "add_s": build["add_s"],
                         "build_s": build["build_s"], "compile_s": build["compile_s"],
                         "memory_bytes": build["memory_bytes"],
+                        "bytes_per_vector": build["bytes_per_vector"],
                     })
                     bar.update(1, f"{_fmt_params(p)} {mode} recall={m['recall']:.3f} "
                                   f"qps={m['qps']:.0f}")
@@ -772,12 +964,30 @@ def _fmt_bytes(v):
         v /= 1024
 
 
+def _family(index: str) -> int:
+    """Table order of an index label: IVF kinds, then graphs, then ScaNN."""
+    order = {"ivfflat": 0, "ivfpq": 1, "ivfpq4-refine": 2, "ivfrabitq": 3, "hnsw": 4,
+             _ScannRunner.index: 5}
+    return order.get(index.split("-", 1)[0] if index.startswith("ivfrabitq") else index,
+                     9)
+
+
+def _blas_line(m: dict) -> str:
+    blas = m.get("blas")
+    if not blas:
+        return "BLAS: unknown (threadpoolctl not installed)"
+    return "BLAS: " + "; ".join(
+        f"{b.get('internal_api')} {b.get('version')} ({b.get('threading_layer')}, "
+        f"{b.get('num_threads')} threads before the run's limit)" for b in blas)
+
+
 def write_markdown(results: dict) -> str:
     """Render results as markdown: a summary, the builds, then one row per point.
 
-    Rows are grouped by mode and index family, and within a group sorted by
-    parameters then library, so numba_ivf and FAISS at the same nprobe sit on
-    adjacent rows.
+    The summary gives, per mode and library/index, the best QPS reaching each recall
+    target and the parameters that reach it. Point rows are grouped by mode and index
+    family, and within a group sorted by parameters then library, so numba_ivf and
+    FAISS at the same nprobe sit on adjacent rows.
     """
     ds = results["dataset"]
     m = results["machine"]
@@ -788,47 +998,56 @@ def write_markdown(results: dict) -> str:
         "",
         f"{m.get('cpu_model')}, {m.get('threads')} threads, Python {m.get('python')}, "
         f"numpy {m.get('numpy')}, numba {m.get('numba')}, faiss {m.get('faiss')}, "
-        f"hnswlib {m.get('hnswlib')}; {m.get('date')}.",
+        f"hnswlib {m.get('hnswlib')}, scann {m.get('scann')}; {m.get('date')}.",
+        "",
+        _blas_line(m) + "; thread environment: " + (
+            " ".join(f"{k}={v}" for k, v in m.get("thread_env", {}).items())
+            or "none set") + ".",
         "",
     ]
     if results.get("command"):
         lines += [f"Command: `{results['command']}`", ""]
     points = results["points"]
-    # Summary: best QPS at recall targets, one row per library/index/mode.
     targets = (0.8, 0.9, 0.95, 0.99)
     curves: dict = {}
     for p in points:
-        curves.setdefault((p["index"], p["mode"], p["library"]), []).append(p)
+        curves.setdefault((p["mode"], _family(p["index"]), p["index"], p["library"]),
+                          []).append(p)
     if curves:
         lines += ["## Best QPS at a recall target", "",
-                  "| index | mode | library | " + " | ".join(
+                  "| mode | index | library | " + " | ".join(
                       f"recall@{k} >= {t}" for t in targets) + " | max recall |",
                   "|---|---|---|" + "---:|" * (len(targets) + 1)]
-        for (index, mode, lib), pts in sorted(curves.items()):
+        for (mode, _, index, lib), pts in sorted(curves.items()):
             cells = []
             for t in targets:
-                ok = [p["qps"] for p in pts if p["recall"] >= t]
-                cells.append(f"{max(ok):,.0f}" if ok else "-")
-            lines.append(f"| {index} | {mode} | {lib} | " + " | ".join(cells)
+                ok = [p for p in pts if p["recall"] >= t]
+                best = max(ok, key=lambda p: p["qps"]) if ok else None
+                cells.append(f"{best['qps']:,.0f} ({_fmt_params(best['params'])})"
+                             if best else "-")
+            lines.append(f"| {mode} | {index} | {lib} | " + " | ".join(cells)
                          + f" | {max(p['recall'] for p in pts):.4f} |")
         lines.append("")
     if results.get("builds"):
         lines += ["## Builds", "",
+                  "bytes/vector: what one stored vector costs in the lists (codes, "
+                  "factors, the 8-byte id), where the library states it; memory: "
+                  "the whole index (serialized size, or the arrays numba_ivf holds).", "",
                   "| library | index | build params | train s | add s | compile s | "
-                  "memory | error |", "|---|---|---|---:|---:|---:|---:|---|"]
+                  "memory | bytes/vector | error |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
         for b in results["builds"]:
             lines.append(
                 f"| {b['library']} | {b['index']} | {_fmt_params(b['build_params'])} | "
                 f"{_fmt_num(b['train_s'], '.3f')} | {_fmt_num(b['add_s'], '.3f')} | "
                 f"{_fmt_num(b['compile_s'], '.2f')} | {_fmt_bytes(b['memory_bytes'])} | "
-                f"{b['error'] or ''} |")
+                f"{_fmt_num(b.get('bytes_per_vector'), 'd')} | {b['error'] or ''} |")
         lines.append("")
     lines += ["## All points", "",
               f"| mode | index | params | library | recall@{k} | QPS | ms/query |",
               "|---|---|---|---|---:|---:|---:|"]
-    family = {"ivfflat": 0, "ivfpq": 1, "ivfpq4-refine": 2, "hnsw": 3}
     lib_order = {name: i for i, name in enumerate(LIBRARIES)}
-    for p in sorted(points, key=lambda p: (p["mode"], family.get(p["index"], 9),
+    for p in sorted(points, key=lambda p: (p["mode"], _family(p["index"]), p["index"],
                                            sorted(p["params"].items()),
                                            lib_order.get(p["library"], 9))):
         ms = 1000.0 / p["qps"] if p["qps"] else float("nan")
