@@ -407,3 +407,25 @@ def test_every_block_backend_gives_identical_results(data):
     # The one-query serial path on the portable kernel too.
     one = index.search(q[0], 10, nprobe=8, path="serial", _backend="portable")
     np.testing.assert_array_equal(one[1][0], ref[1][0])
+
+
+@pytest.mark.parametrize("bits,metric,refine", [(4, "l2", False), (3, "ip", False),
+                                                (8, "cosine", False), (2, "l2", True)])
+def test_one_query_kernel_equals_batch(data, bits, metric, refine):
+    index = _built(data, bits, metric, refine)
+    _, q = data
+    kw = {"k_factor": 3} if refine else {}
+    D, I = index.search(q[:8], 7, nprobe=5, **kw)
+    for i in range(8):
+        for row in (q[i], q[i:i + 1], q[i].astype(np.float64)):
+            d1, i1 = index.search(row, 7, nprobe=5, **kw)
+            np.testing.assert_array_equal(i1[0], I[i])
+            np.testing.assert_array_equal(d1[0], D[i])
+    # epsilon passes through the fast path too.
+    d2, i2 = index.search(q[0], 7, nprobe=5, epsilon=np.inf, **kw)
+    np.testing.assert_array_equal(i2, index.search(q[:1], 7, nprobe=5, epsilon=np.inf,
+                                                   path="serial", **kw)[1])
+    bad = q[0].copy()
+    bad[2] = np.inf
+    with pytest.raises(ValueError, match=r"q .*(NaN|infinit)"):
+        index.search(bad, 7, nprobe=5, **kw)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._config import (PQ_ENCODE_BLOCK_ROWS, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
+from .._config import (IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
+                       PQ_ENCODE_BLOCK_ROWS, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
                        RABITQ_DIM_ALIGN, RABITQ_EPSILON, RABITQ_ROTATE_BLAS_MIN_ROWS,
                        RABITQ_SCALE_STEPS)
 from .._validation import check_choice, check_int
@@ -287,6 +288,16 @@ class IVFRaBitQ(IVFBase):
         I : ndarray of shape (nq, k), int64
             Ids, -1 where fewer than k were found; ties by ascending id.
         """
+        if path == "auto" and _backend is None and filter is None \
+                and min_candidates is None and max_nprobe is None and self.is_trained \
+                and (epsilon is None or type(epsilon) is float and epsilon >= 0) \
+                and (k_factor is None or self._refine and type(k_factor) is int
+                     and 1 <= k_factor <= PQ_REFINE_K_FACTOR_MAX):
+            one = self._one_query(q, k, nprobe)
+            if one is not None:
+                out = self._search_one(*one, k_factor, epsilon)
+                if out is not None:
+                    return out
         self._check_trained("search")
         q, k, nprobe = self._check_search(q, k, nprobe)
         check_choice("path", path, RABITQ_SEARCH_PATHS)
@@ -329,6 +340,41 @@ class IVFRaBitQ(IVFBase):
         keys, ids, rows = self._scan(q, scores, probes, kk, path, None, eps, _backend)
         keys, ids = self._finish_candidates(q, keys, ids, rows, k, serial)
         return self._finish(np.ascontiguousarray(keys), np.ascontiguousarray(ids))
+
+    def _search_one(self, q, k, nprobe, k_factor, epsilon):
+        """One C-contiguous row in one kernel call (``kernels.rabitq.rabitq_one``), the
+        general path's results; None if q holds NaN, inf or a value beyond the value
+        limit (the general path then raises)."""
+        c = self.__dict__.get("_one_consts")
+        if c is None or c["for"] is not self._prepared:
+            from ..kernels.fastscan import fastscan
+            from ..kernels.rabitq import rabitq_one
+            from ..kernels.scan.list_scan import METRIC_IP, METRIC_L2
+            l2 = self._metric == "l2"
+            c = self.__dict__["_one_consts"] = {
+                "for": self._prepared, "mod": rabitq_one, "l2": l2,
+                "unit": self._metric == "cosine",
+                "coarse_metric": METRIC_L2 if l2 else METRIC_IP,
+                "no_ex": np.zeros((1, 1), dtype=np.uint8),
+                "no_data": np.zeros((1, self._d), dtype=np.float32),
+                "backend": fastscan.get_backend(None)}
+        eps = RABITQ_EPSILON if epsilon is None else epsilon
+        gate = eps < np.inf
+        kk = k * ((PQ_REFINE_K_FACTOR if k_factor is None else k_factor)
+                  if self._refine else 1)
+        L = self._lists
+        out_d = np.empty((1, k), dtype=np.float32)
+        out_i = np.empty((1, k), dtype=np.int64)
+        mod = c["mod"]
+        status = mod.rabitq_search_one(
+            q, c["unit"], self._prepared.panels, c["coarse_metric"],
+            IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD * _n_threads(), nprobe,
+            self._rotation, self._crot, L.payload["codes"],
+            L.payload["ex"] if self._bits > 1 else c["no_ex"], L.payload["fac"], L.ids,
+            L.starts, L.sizes, c["l2"], self._bits, gate, eps if gate else 0.0, kk,
+            self._refine, L.payload["data"] if self._refine else c["no_data"], out_d,
+            out_i, c["backend"])
+        return (out_d, out_i) if status == mod.DONE else None
 
     @reading
     def range_search(self, q, radius: float, nprobe: int = 1, *, filter=None):
