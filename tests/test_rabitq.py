@@ -102,6 +102,8 @@ def test_rotation_is_orthogonal_and_seeded(data):
     a = _built(data, 1)
     P = a.rotation.astype(np.float64)
     assert np.abs(P.T @ P - np.eye(P.shape[0])).max() < 1e-5
+    x, _ = data
+    np.testing.assert_allclose(a._rotate(x[:100]), x[:100] @ P, atol=1e-4)
     b = numba_ivf.IVFRaBitQ(32, 16, bits=1)
     b.train(data[0])
     np.testing.assert_array_equal(a.rotation, b.rotation)
@@ -329,7 +331,7 @@ def test_save_load_round_trip(data, tmp_path, mmap):
 
 def test_crafted_rotation_refused(data, tmp_path):
     from numba_ivf.persistence.format import IndexFileError
-    index = numba_ivf.IVFRaBitQ(32, 16, bits=2)
+    index = numba_ivf.IVFRaBitQ(32, 16, bits=2, rotation="dense")
     index.train(data[0])
     index._rotation = index._rotation * 1.5
     path = tmp_path / "bad.nivf"
@@ -429,3 +431,38 @@ def test_one_query_kernel_equals_batch(data, bits, metric, refine):
     bad[2] = np.inf
     with pytest.raises(ValueError, match=r"q .*(NaN|infinit)"):
         index.search(bad, 7, nprobe=5, **kw)
+
+
+@pytest.mark.parametrize("d", [13, 32, 200])
+def test_structured_rotation_equals_its_matrix_and_recall_of_dense(d):
+    x = _clustered(3000, d, 21)
+    q = _clustered(100, d, 22)
+    gt = _exact(x, q, 10)
+    rec = {}
+    for kind in ("fht", "dense"):
+        index = numba_ivf.IVFRaBitQ(d, 8, bits=2, rotation=kind)
+        index.train(x)
+        P = index.rotation.astype(np.float64)
+        D = index.padded_dim
+        assert np.abs(P.T @ P - np.eye(D)).max() < 1e-5
+        xp = np.zeros((50, D))
+        xp[:, :d] = x[:50]
+        for rows in (1, 50):               # serial and parallel kernels
+            np.testing.assert_allclose(index._rotate(x[:rows]), xp[:rows] @ P, atol=1e-4)
+        index.add(x)
+        rec[kind] = _recall(index.search(q, 10, nprobe=8)[1], gt)
+    assert rec["fht"] >= rec["dense"] - 0.03, rec
+
+
+def test_bad_rotation_and_crafted_permutation(data, tmp_path):
+    from numba_ivf.persistence.format import IndexFileError
+    with pytest.raises(ValueError, match=r"rotation must be one of 'fht', 'dense'"):
+        numba_ivf.IVFRaBitQ(32, 4, rotation="hadamard")
+    index = numba_ivf.IVFRaBitQ(32, 16, bits=2)
+    index.train(data[0])
+    perms = index._fht[0].copy()
+    perms[0, 0] = perms[0, 1]
+    index._fht = (perms, *index._fht[1:])
+    index.save(tmp_path / "p.nivf")
+    with pytest.raises(IndexFileError, match=r"p\.nivf.*not a permutation"):
+        numba_ivf.load(tmp_path / "p.nivf")

@@ -133,6 +133,9 @@ def _check_ivf_file(f) -> None:
     elif f.kind == "IVFRaBitQ":
         bits = _int_param(p, "bits", bad, 1, 8)
         refine = _bool_param(p, "refine", bad)
+        rot_kind = p.get("rotation")
+        if rot_kind not in ("fht", "dense"):
+            raise bad(f"parameter 'rotation' is {rot_kind!r}; expected 'fht' or 'dense'")
         D = -(-d // 8) * 8          # RABITQ_DIM_ALIGN
 
     a = f.arrays
@@ -153,7 +156,8 @@ def _check_ivf_file(f) -> None:
     if f.kind == "IVFFlat":
         _array(a, "data", np.float32, (n, d), bad)
     elif f.kind == "IVFRaBitQ":
-        _array(a, "rotation", np.float32, (D, D), bad)
+        if rot_kind == "dense":
+            _array(a, "rotation", np.float32, (D, D), bad)
         _array(a, "codes", np.uint8, (-(-n // _FASTSCAN_BLOCK), D // 8, _FASTSCAN_BLOCK),
                bad)
         _array(a, "fac", np.float32, (n, 4), bad)

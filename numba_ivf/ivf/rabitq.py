@@ -8,8 +8,10 @@ fast-scan block kernel, extra bits only for candidates whose error bound can sti
 the k-th result); exact re-ranking (``refine=True``) by ``kernels.scan.refine``.
 
 Vectors (and queries) are zero-padded to D, a multiple of RABITQ_DIM_ALIGN, and rotated
-by one seeded random orthogonal D x D matrix (numpy GEMM; a fast structured rotation is
-not done yet). Codes are of the rotated residual to the list's centroid. Per vector:
+by one seeded random orthogonal transform: by default a structured one (``"fht"``:
+RABITQ_FHT_ROUNDS rounds of random signed permutations and block Walsh-Hadamard
+transforms, O(D log D) per row), or a dense Haar-random D x D matrix (``"dense"``,
+numpy's GEMM for batches). Codes are of the rotated residual to the list's centroid. Per vector:
 D/8 bytes of sign bits, (bits - 1) D/8 bytes of extra bits, 16 bytes of factors, and
 the 8-byte id: D bits / 8 + 24 bytes.
 """
@@ -20,7 +22,8 @@ import numpy as np
 
 from .._config import (IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
                        PQ_ENCODE_BLOCK_ROWS, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
-                       RABITQ_DIM_ALIGN, RABITQ_EPSILON, RABITQ_ROTATE_BLAS_MIN_ROWS,
+                       RABITQ_DIM_ALIGN, RABITQ_EPSILON, RABITQ_FHT_ROUNDS,
+                       RABITQ_ROTATE_BLAS_MIN_ROWS,
                        RABITQ_SCALE_STEPS)
 from .._validation import check_choice, check_int
 from ._lists import InvertedLists
@@ -29,9 +32,10 @@ from ._rwlock import reading
 from .base import IVFBase, _n_threads
 from .pq import _check_bool
 
-__all__ = ["IVFRaBitQ", "RABITQ_SEARCH_PATHS", "random_rotation"]
+__all__ = ["IVFRaBitQ", "RABITQ_ROTATIONS", "RABITQ_SEARCH_PATHS", "random_rotation"]
 
 RABITQ_SEARCH_PATHS = ("auto", "batch", "serial")
+RABITQ_ROTATIONS = ("fht", "dense")
 
 
 def random_rotation(D: int, seed: int) -> np.ndarray:
@@ -41,6 +45,14 @@ def random_rotation(D: int, seed: int) -> np.ndarray:
     qm, r = np.linalg.qr(g)
     qm *= np.where(np.diag(r) < 0, -1.0, 1.0)[None, :]
     return np.ascontiguousarray(qm, dtype=np.float32)
+
+
+def random_fht(D: int, seed: int, rounds: int):
+    """(perms (rounds, D) int64, signs (rounds, D) float32) of the structured rotation."""
+    rng = np.random.default_rng(seed)
+    perms = np.stack([rng.permutation(D) for _ in range(rounds)]).astype(np.int64)
+    signs = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(rounds, D))
+    return np.ascontiguousarray(perms), np.ascontiguousarray(signs, dtype=np.float32)
 
 
 class IVFRaBitQ(IVFBase):
@@ -59,6 +71,10 @@ class IVFRaBitQ(IVFBase):
     metric : {"l2", "ip", "cosine"}, default "l2"
     refine : bool, default False
         Also keep the float32 vectors and re-rank ``k_factor * k`` candidates exactly.
+    rotation : {"fht", "dense"}, default "fht"
+        The random orthogonal transform: structured (signed permutations and block
+        Walsh-Hadamard transforms, O(D log D) per row) or a dense Haar-random matrix
+        (D^2 per row).
     n_iter, seed, max_points_per_centroid
         Coarse k-means parameters, as in :class:`numba_ivf.IVFFlat`; ``seed`` also
         seeds the rotation.
@@ -78,15 +94,17 @@ class IVFRaBitQ(IVFBase):
     kind = "IVFRaBitQ"
 
     def __init__(self, d: int, nlist: int, bits: int = 4, metric: str = "l2",
-                 refine: bool = False, *, n_iter: int = 25, seed: int = 1234,
-                 max_points_per_centroid: int = 256):
+                 refine: bool = False, *, rotation: str = "fht", n_iter: int = 25,
+                 seed: int = 1234, max_points_per_centroid: int = 256):
         bits = check_int("bits", bits, min_value=1, max_value=8)
+        self._rot_kind = check_choice("rotation", rotation, RABITQ_ROTATIONS)
         super().__init__(d, nlist, metric, n_iter=n_iter, seed=seed,
                          max_points_per_centroid=max_points_per_centroid)
         self._bits = bits
         self._refine = _check_bool("refine", refine)
         self._D = -(-self._d // RABITQ_DIM_ALIGN) * RABITQ_DIM_ALIGN
-        self._rotation = None
+        self._rotation = None           # dense (D, D); for "fht" built on demand
+        self._fht = None                # (perms, signs, blocks) for "fht"
         self._crot = None
         self._lists = self._new_lists()
 
@@ -114,15 +132,17 @@ class IVFRaBitQ(IVFBase):
 
     @property
     def rotation(self) -> np.ndarray:
-        """The (D, D) float32 orthogonal rotation (a read-only view); rows go ``x @ P``."""
+        """The (D, D) float32 orthogonal rotation as a matrix (a read-only view; for
+        "fht" computed on first use); rows go ``x @ P``."""
         self._check_trained("rotation")
-        view = self._rotation.view()
+        view = self._dense_rotation().view()
         view.flags.writeable = False
         return view
 
     @property
     def is_trained(self) -> bool:
-        return self._centroids is not None and self._rotation is not None
+        return self._centroids is not None and (self._rotation is not None
+                                                 or self._fht is not None)
 
     @property
     def code_bytes(self) -> int:
@@ -148,15 +168,22 @@ class IVFRaBitQ(IVFBase):
                 "refine": L.payload["data"].nbytes if self._refine else 0,
                 "id_map": L.map_nbytes(),
                 "centroids": 0 if self._centroids is None else self._centroids.nbytes,
-                "rotation": 0 if self._rotation is None else self._rotation.nbytes}
+                "rotation": (0 if self._rotation is None else self._rotation.nbytes) +
+                (0 if self._fht is None else self._fht[0].nbytes + self._fht[1].nbytes)}
 
     # -- helpers ---------------------------------------------------------------------
     def _rotate(self, x: np.ndarray) -> np.ndarray:
         """Rows of x (n, d) float32, zero-padded to D and rotated: (n, D) float32."""
+        from ..kernels.rabitq import rabitq_encode as enc
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.empty((x.shape[0], self._D), dtype=np.float32)
+        if self._rot_kind == "fht":
+            fn = enc.fht_rotate_serial if x.shape[0] < _n_threads() else \
+                enc.fht_rotate_batch
+            fn(x, *self._fht, out)
+            return out
         if x.shape[0] < RABITQ_ROTATE_BLAS_MIN_ROWS:
-            from ..kernels.rabitq.rabitq_encode import rotate_rows
-            out = np.empty((x.shape[0], self._D), dtype=np.float32)
-            rotate_rows(np.ascontiguousarray(x, dtype=np.float32), self._rotation, out)
+            enc.rotate_rows(x, self._rotation, out)
             return out
         if self._D != self._d:
             xp = np.zeros((x.shape[0], self._D), dtype=np.float32)
@@ -164,15 +191,30 @@ class IVFRaBitQ(IVFBase):
             x = xp
         return np.ascontiguousarray(x @ self._rotation, dtype=np.float32)
 
+    def _dense_rotation(self) -> np.ndarray:
+        """The rotation as a (D, D) matrix; for "fht" the images of the unit vectors."""
+        if self._rotation is None:
+            from ..kernels.rabitq.rabitq_encode import fht_rotate_batch
+            out = np.empty((self._D, self._D), dtype=np.float32)
+            fht_rotate_batch(np.eye(self._D, dtype=np.float32), *self._fht, out)
+            self._rotation = out
+        return self._rotation
+
     # -- training and adding ---------------------------------------------------------
     def _train_rest(self, x, centroids, prepared) -> dict:
-        rotation = random_rotation(self._D, self.seed + 2)
-        self._rotation, old = rotation, self._rotation
+        from ..kernels.rabitq.rabitq_encode import fht_blocks
+        if self._rot_kind == "fht":
+            rot = {"_fht": (*random_fht(self._D, self.seed + 2, RABITQ_FHT_ROUNDS),
+                            fht_blocks(self._D)), "_rotation": None}
+        else:
+            rot = {"_rotation": random_rotation(self._D, self.seed + 2), "_fht": None}
+        old = self._rotation, self._fht
+        self._rotation, self._fht = rot["_rotation"], rot["_fht"]
         try:
             crot = self._rotate(centroids)
         finally:
-            self._rotation = old
-        return {"_rotation": rotation, "_crot": crot}
+            self._rotation, self._fht = old
+        return {**rot, "_crot": crot}
 
     def _encode_rows(self, x: np.ndarray, labels: np.ndarray) -> dict:
         from ..kernels.rabitq.rabitq_encode import encode_rows
@@ -208,7 +250,8 @@ class IVFRaBitQ(IVFBase):
         xq = c - ((1 << B) - 1) / 2.0
         norm = np.sqrt(np.float64(L.payload["fac"][row, 0]))   # ||r||^2, every metric
         r = norm * xq / np.linalg.norm(xq)
-        x = (r + self._crot[L.list_of_row(row)]) @ self._rotation.T.astype(np.float64)
+        x = (r + self._crot[L.list_of_row(row)]) @ \
+            self._dense_rotation().T.astype(np.float64)
         return x[:self._d].astype(np.float32)
 
     # -- search ----------------------------------------------------------------------
@@ -357,6 +400,10 @@ class IVFRaBitQ(IVFBase):
                 "coarse_metric": METRIC_L2 if l2 else METRIC_IP,
                 "no_ex": np.zeros((1, 1), dtype=np.uint8),
                 "no_data": np.zeros((1, self._d), dtype=np.float32),
+                "no_fht": (np.zeros((0, self._D), dtype=np.int64),
+                           np.zeros((0, self._D), dtype=np.float32),
+                           np.zeros((0, 2), dtype=np.int64)),
+                "no_rot": np.zeros((self._D, self._D), dtype=np.float32)[:0],
                 "backend": fastscan.get_backend(None)}
         eps = RABITQ_EPSILON if epsilon is None else epsilon
         gate = eps < np.inf
@@ -369,7 +416,9 @@ class IVFRaBitQ(IVFBase):
         status = mod.rabitq_search_one(
             q, c["unit"], self._prepared.panels, c["coarse_metric"],
             IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD * _n_threads(), nprobe,
-            self._rotation, self._crot, L.payload["codes"],
+            *(self._fht if self._fht is not None else c["no_fht"]),
+            self._rotation if self._fht is None else c["no_rot"], self._crot,
+            L.payload["codes"],
             L.payload["ex"] if self._bits > 1 else c["no_ex"], L.payload["fac"], L.ids,
             L.starts, L.sizes, c["l2"], self._bits, gate, eps if gate else 0.0, kk,
             self._refine, L.payload["data"] if self._refine else c["no_data"], out_d,
@@ -390,29 +439,47 @@ class IVFRaBitQ(IVFBase):
 
     # -- persistence -------------------------------------------------------------------
     def _save_params(self) -> dict:
-        return {"bits": self._bits, "refine": self._refine}
+        return {"bits": self._bits, "refine": self._refine, "rotation": self._rot_kind}
 
     def _save_arrays(self) -> dict:
+        if self._rot_kind == "fht":
+            return {"rot_perms": self._fht[0], "rot_signs": self._fht[1]}
         return {"rotation": self._rotation}
 
     @classmethod
     def _new_from_params(cls, p):
         return cls(p["d"], p["nlist"], p["bits"], p["metric"], refine=p["refine"],
-                   n_iter=p["n_iter"], seed=p["seed"],
+                   rotation=p["rotation"], n_iter=p["n_iter"], seed=p["seed"],
                    max_points_per_centroid=p["max_points_per_centroid"])
 
     def _load_arrays(self, a, bad) -> None:
-        rot = a.get("rotation")
-        want = (self._D, self._D)
-        if rot is None or rot.dtype != np.float32 or rot.shape != want:
-            raise bad(f"array 'rotation' missing or not float32 of shape {want}")
-        rot = np.array(rot)
-        if not np.isfinite(rot).all():
-            raise bad("rotation contains NaN or infinity")
-        err = np.abs(rot.astype(np.float64).T @ rot - np.eye(self._D)).max()
-        if err > 1e-4:
-            raise bad(f"rotation is not orthogonal (max |P^T P - I| = {err:.3g})")
-        self._rotation = rot
+        D = self._D
+        if self._rot_kind == "fht":
+            from ..kernels.rabitq.rabitq_encode import fht_blocks
+            perms, signs = a.get("rot_perms"), a.get("rot_signs")
+            if (perms is None or perms.dtype != np.int64 or perms.ndim != 2
+                    or perms.shape[1] != D or perms.shape[0] < 1):
+                raise bad(f"array 'rot_perms' missing or not int64 of shape (rounds, {D})")
+            if signs is None or signs.dtype != np.float32 or signs.shape != perms.shape:
+                raise bad(f"array 'rot_signs' missing or not float32 of shape "
+                          f"{perms.shape}")
+            perms, signs = np.array(perms), np.array(signs)
+            if not (np.sort(perms, axis=1) == np.arange(D)).all():
+                raise bad("a row of 'rot_perms' is not a permutation of 0..D-1")
+            if not (np.abs(signs) == 1).all():
+                raise bad("'rot_signs' holds values other than -1 and +1")
+            self._fht = (perms, signs, fht_blocks(D))
+        else:
+            rot = a.get("rotation")
+            if rot is None or rot.dtype != np.float32 or rot.shape != (D, D):
+                raise bad(f"array 'rotation' missing or not float32 of shape {(D, D)}")
+            rot = np.array(rot)
+            if not np.isfinite(rot).all():
+                raise bad("rotation contains NaN or infinity")
+            err = np.abs(rot.astype(np.float64).T @ rot - np.eye(D)).max()
+            if err > 1e-4:
+                raise bad(f"rotation is not orthogonal (max |P^T P - I| = {err:.3g})")
+            self._rotation = rot
         self._crot = self._rotate(np.ascontiguousarray(a["centroids"], np.float32))
 
 

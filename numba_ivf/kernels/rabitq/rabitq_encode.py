@@ -139,3 +139,76 @@ def rotate_rows(x, P, out):
                 acc[j] += v * P[k, j]
         for j in range(D):
             out[i, j] = acc[j]
+
+
+# -- structured rotation -------------------------------------------------------------
+# R rounds of: a random permutation with random signs, then orthonormal Walsh-Hadamard
+# transforms on consecutive blocks whose sizes are the powers of two of D's binary
+# expansion (784 = 512 + 256 + 16). Each round is orthogonal, so is their product; the
+# permutations carry every coordinate across blocks. O(R D log D) per row instead of
+# D^2 (and no D x D matrix to stream through the cache for every query).
+
+def fht_blocks(D: int) -> np.ndarray:
+    """(nb, 2) int64 [start, size] of the power-of-two blocks covering D, largest
+    first."""
+    out, start = [], 0
+    for b in range(D.bit_length() - 1, -1, -1):
+        if D >> b & 1:
+            out.append((start, 1 << b))
+            start += 1 << b
+    return np.array(out, dtype=np.int64).reshape(-1, 2)
+
+
+@njit(nogil=True, cache=True, fastmath=_FM)
+def _fht_row(x, perms, signs, blocks, buf, tmp, out):
+    """out (D,) = the structured rotation of x (d,) (d <= D, zero-padded)."""
+    D = buf.shape[0]
+    d = x.shape[0]
+    for j in range(D):
+        buf[j] = x[j] if j < d else 0.0
+    for r in range(perms.shape[0]):
+        for j in range(D):
+            tmp[j] = buf[perms[r, j]] * signs[r, j]
+        for bi in range(blocks.shape[0]):
+            s0 = blocks[bi, 0]
+            n = blocks[bi, 1]
+            h = 1
+            while h < n:
+                for a in range(s0, s0 + n, 2 * h):
+                    for j in range(a, a + h):
+                        u = tmp[j]
+                        v = tmp[j + h]
+                        tmp[j] = u + v
+                        tmp[j + h] = u - v
+                h *= 2
+            c = np.float32(1.0 / np.sqrt(n))
+            for j in range(s0, s0 + n):
+                tmp[j] *= c
+        for j in range(D):
+            buf[j] = tmp[j]
+    for j in range(D):
+        out[j] = buf[j]
+
+
+@njit(nogil=True, cache=True)
+def fht_rotate_serial(x, perms, signs, blocks, out):
+    """Rows of x (n, d) float32 through the structured rotation into out (n, D)."""
+    D = out.shape[1]
+    buf = np.empty(D, dtype=np.float32)
+    tmp = np.empty(D, dtype=np.float32)
+    for i in range(x.shape[0]):
+        _fht_row(x[i], perms, signs, blocks, buf, tmp, out[i])
+
+
+@njit(nogil=True, cache=True, parallel=True)
+def fht_rotate_batch(x, perms, signs, blocks, out):
+    """``fht_rotate_serial``, prange over chunks of rows."""
+    n = x.shape[0]
+    D = out.shape[1]
+    nchunk = max(1, min(n, 64))
+    step = (n + nchunk - 1) // nchunk
+    for c in prange(nchunk):
+        buf = np.empty(D, dtype=np.float32)
+        tmp = np.empty(D, dtype=np.float32)
+        for i in range(c * step, min(n, (c + 1) * step)):
+            _fht_row(x[i], perms, signs, blocks, buf, tmp, out[i])
