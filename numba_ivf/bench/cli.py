@@ -155,6 +155,9 @@ def build_parser(prog: str = "numba-ivf bench") -> argparse.ArgumentParser:
     s.add_argument("--ef", type=_int_list("--ef"), default=None, metavar="LIST",
                    help="hnswlib ef sweep (default 16,...,512; 32,128 with --quick; "
                         "values below k are raised to k)")
+    s.add_argument("--pq4-by-residual", action="store_true",
+                   help="encode 4-bit IVF-PQ by residual, in both libraries (default: "
+                        "not, FAISS's IndexIVFPQFastScan default)")
     s.add_argument("--pq-m", type=_positive_int("--pq-m"), default=None,
                    help="PQ sub-quantizers, must divide d (default: largest divisor "
                         "of d up to min(d/2, 64))")
@@ -226,6 +229,7 @@ def config_from_args(args: argparse.Namespace, command: str = "") -> BenchConfig
         dataset=args.dataset, metric=args.metric, k=args.k, libs=libs,
         indexes=indexes, nlist=args.nlist, nprobe=args.nprobe,
         k_factor=args.k_factor, ef=args.ef, pq_m=args.pq_m,
+        pq4_by_residual=args.pq4_by_residual,
         rabitq_bits=tuple(args.rabitq_bits), modes=modes,
         threads=args.threads, max_queries=args.max_queries,
         single_queries=args.single_queries, repeats=args.repeats, quick=args.quick,
