@@ -113,5 +113,10 @@ def _index_builders(d, nlist):
         from numba_ivf import IVFPQ
         return IVFPQ(d, nlist, m=d // 2, nbits=4, metric="l2", refine=True)
 
+    def rabitq4():
+        from numba_ivf import IVFRaBitQ
+        return IVFRaBitQ(d, nlist, bits=4, metric="l2")
+
     return [("IVFFlat", flat), (f"IVFPQ m={d // 4} 8-bit", pq8),
-            (f"IVFPQ m={d // 2} 4-bit fast-scan + refine", pq4_refine)]
+            (f"IVFPQ m={d // 2} 4-bit fast-scan + refine", pq4_refine),
+            ("IVFRaBitQ 4-bit", rabitq4)]

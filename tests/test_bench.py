@@ -686,3 +686,34 @@ def test_filtered_failure_is_per_filter(tiny, tmp_path, monkeypatch, no_repeat_f
                                    "reason": "RuntimeError('boom')"}]
     assert any("random 0.1% failed and was skipped" in n for n in results["notes"])
     assert results["builds"][0]["error"] is None
+
+
+def test_guidance_picks_the_fastest_point_per_target(tmp_path, no_repeat_floor):
+    import json
+    from numba_ivf.bench import guidance
+    rng = np.random.default_rng(3)
+    c = rng.standard_normal((10, 16)) * 3
+    x = (c[rng.integers(10, size=1500)] + rng.standard_normal((1500, 16))).astype(np.float32)
+    q = (c[rng.integers(10, size=40)] + rng.standard_normal((40, 16))).astype(np.float32)
+    d2 = ((q[:, None, :].astype(np.float64) - x[None]) ** 2).sum(-1)
+    folder = tmp_path / "tiny16"
+    folder.mkdir()
+    np.save(folder / "base.npy", x)
+    np.save(folder / "queries.npy", q)
+    np.save(folder / "neighbors_euclidean.npy", np.argsort(d2, axis=1, kind="stable")[:, :10])
+    (folder / "meta.json").write_text(json.dumps({"name": "tiny16",
+                                                  "primary_metric": "euclidean"}))
+    lines = []
+    rows = guidance.run(folder, [0.9, 0.99], threads=1, repeats=1, single_queries=5,
+                        n_iter=2, out=lines.append)
+    names = {r[0] for r in rows}
+    assert {"IVFFlat", "IVFRaBitQ 4-bit", "IVFRaBitQ 2-bit + refine"} <= names
+    assert any(n.startswith("IVFPQ m=") for n in names)
+    table = [ln for ln in lines if ln.startswith("| 0.9")]
+    assert len(table) == 4                       # two targets x (batch, one query)
+    for r in rows:
+        assert 0.0 <= r[2] <= 1.0 and r[3] > 0 and r[6] > 0
+    # The printed batch winner at 0.9 is the fastest row that reaches 0.9.
+    ok = [r for r in rows if r[2] >= 0.9]
+    best = max(ok, key=lambda r: r[3])
+    assert f"| 0.9 | batch | {best[0]} |" in "\n".join(lines)
