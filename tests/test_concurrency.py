@@ -26,8 +26,9 @@ KINDS = {
     "flat": lambda: numba_ivf.IVFFlat(D, NLIST),
     "pq8": lambda: numba_ivf.IVFPQ(D, NLIST, m=4, nbits=8),
     "pq4r": lambda: numba_ivf.IVFPQ(D, NLIST, m=8, nbits=4, refine=True),
+    "rq4r": lambda: numba_ivf.IVFRaBitQ(D, NLIST, bits=4, refine=True),
 }
-EXACT = {"flat", "pq4r"}   # D equals the exact distance to the returned id's vector
+EXACT = {"flat", "pq4r", "rq4r"}   # D equals the exact distance to the returned id's vector
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def trained(request, data):
 
 
 def _search(index, q, kind, **kw):
-    if kind == "pq4r":
+    if kind in ("pq4r", "rq4r"):
         kw.setdefault("k_factor", 4)
     return index.search(q, K, nprobe=3, **kw)
 

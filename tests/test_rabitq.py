@@ -466,3 +466,13 @@ def test_bad_rotation_and_crafted_permutation(data, tmp_path):
     index.save(tmp_path / "p.nivf")
     with pytest.raises(IndexFileError, match=r"p\.nivf.*not a permutation"):
         numba_ivf.load(tmp_path / "p.nivf")
+
+
+def test_pickle_after_one_query_search(data):
+    import copy
+    import pickle
+    index = _built(data, 4, refine=True)
+    _, q = data
+    want = index.search(q[0], 5, nprobe=4)            # fills the one-query constants
+    for other in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
+        np.testing.assert_array_equal(other.search(q[0], 5, nprobe=4)[1], want[1])

@@ -29,6 +29,7 @@ KINDS = {
     "flat": lambda: numba_ivf.IVFFlat(D, NLIST),
     "pq8": lambda: numba_ivf.IVFPQ(D, NLIST, m=4, nbits=8),
     "pq4r": lambda: numba_ivf.IVFPQ(D, NLIST, m=4, nbits=4, refine=True),
+    "rq4r": lambda: numba_ivf.IVFRaBitQ(D, NLIST, bits=4, refine=True),
 }
 
 _RNG = np.random.default_rng(3)
@@ -134,7 +135,7 @@ def make_machine(kind, path, tmp):
         def search_exhaustive(self, k, nq):
             q = _Q[:nq]
             kw = {"k_factor": max(1, -(-max(len(self.model), 1) // k))} \
-                if kind == "pq4r" else {}
+                if kind in ("pq4r", "rq4r") else {}
             d, ids = self.index.search(q, k, nprobe=NLIST, **kw)
             (want_d, want_i), vec_of = self._truth(q, k)
             assert ids.shape == (nq, k)

@@ -37,6 +37,17 @@ __all__ = ["IVFRaBitQ", "RABITQ_ROTATIONS", "RABITQ_SEARCH_PATHS", "random_rotat
 RABITQ_SEARCH_PATHS = ("auto", "batch", "serial")
 RABITQ_ROTATIONS = ("fht", "dense")
 
+_RABITQ_ONE = None
+
+
+def _rabitq_one():
+    """The one-query kernel module, imported once (not per call)."""
+    global _RABITQ_ONE
+    if _RABITQ_ONE is None:
+        from ..kernels.rabitq import rabitq_one
+        _RABITQ_ONE = rabitq_one
+    return _RABITQ_ONE
+
 
 def random_rotation(D: int, seed: int) -> np.ndarray:
     """A random orthogonal D x D matrix (Haar: QR of a Gaussian matrix with the signs
@@ -391,11 +402,11 @@ class IVFRaBitQ(IVFBase):
         c = self.__dict__.get("_one_consts")
         if c is None or c["for"] is not self._prepared:
             from ..kernels.fastscan import fastscan
-            from ..kernels.rabitq import rabitq_one
             from ..kernels.scan.list_scan import METRIC_IP, METRIC_L2
             l2 = self._metric == "l2"
+            # Picklable values only: copy.deepcopy and pickle carry this dict.
             c = self.__dict__["_one_consts"] = {
-                "for": self._prepared, "mod": rabitq_one, "l2": l2,
+                "for": self._prepared, "l2": l2,
                 "unit": self._metric == "cosine",
                 "coarse_metric": METRIC_L2 if l2 else METRIC_IP,
                 "no_ex": np.zeros((1, 1), dtype=np.uint8),
@@ -412,7 +423,7 @@ class IVFRaBitQ(IVFBase):
         L = self._lists
         out_d = np.empty((1, k), dtype=np.float32)
         out_i = np.empty((1, k), dtype=np.int64)
-        mod = c["mod"]
+        mod = _rabitq_one()
         status = mod.rabitq_search_one(
             q, c["unit"], self._prepared.panels, c["coarse_metric"],
             IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD * _n_threads(), nprobe,
