@@ -32,12 +32,16 @@ KINDS = {
     "pq8": lambda: numba_ivf.IVFPQ(D, NLIST, m=2, nbits=8, n_iter=5, seed=0),
     "pq4-refine": lambda: numba_ivf.IVFPQ(D, NLIST, m=4, nbits=4, refine=True, n_iter=5,
                                           seed=0),
+    "rabitq4": lambda: numba_ivf.IVFRaBitQ(D, NLIST, bits=4, n_iter=5, seed=0),
+    "rabitq2-refine": lambda: numba_ivf.IVFRaBitQ(D, NLIST, bits=2, refine=True, n_iter=5,
+                                                  seed=0),
 }
-PATHS = {"flat": ("batch", "list_major", "single"), "pq": ("batch", "single", "serial")}
+PATHS = {"flat": ("batch", "list_major", "single"), "pq": ("batch", "single", "serial"),
+         "rabitq": ("batch", "serial")}
 
 
 def _paths(kind):
-    return PATHS["flat" if kind.startswith("flat") else "pq"]
+    return PATHS[next(p for p in PATHS if kind.startswith(p))]
 
 
 def _at_limit(seed, n=N):
@@ -143,7 +147,7 @@ def test_below_limit_all_paths_agree(built):
         od, oi = brute_force(X, np.arange(N), q, K, idx.metric)
         np.testing.assert_array_equal(ref_i, oi)
         np.testing.assert_allclose(ref_d, od, rtol=1e-4)
-    if kind == "pq4-refine":                                 # exact re-ranked distances
+    if kind in ("pq4-refine", "rabitq2-refine"):             # exact re-ranked distances
         exact = ((q[:, None, :].astype(np.float64) - X[ref_i]) ** 2).sum(-1)
         np.testing.assert_allclose(ref_d, exact, rtol=1e-4)
     for i in range(q.shape[0]):
