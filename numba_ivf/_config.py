@@ -285,11 +285,13 @@ RABITQ_EPSILON = 1.9
 # The multi-bit code of a vector picks its scale among this many clip levels of max|o|
 # (the one with the best cosine between the quantized and the true direction).
 RABITQ_SCALE_STEPS = 64
-# Per-row allowance of the uint8 screening table (0.5 for rounding to nearest, plus
-# float32 rounding of the table entries), as fastscan_search._ROUND_SLACK.
+# Per-row allowance of the uint8 screening table, in quantization steps: 0.5 for
+# rounding to nearest, plus the float32 rounding of the table entries and of the row
+# minima (kernels/rabitq/rabitq_scan.quantize_table).
 RABITQ_LUT_SLACK = 0.5005
-# Fewer rows than this are rotated by a serial Numba kernel, more by numpy's GEMM (one
-# query through BLAS cost 1-10 ms beside Numba's threads; the kernel ~0.05 ms at D=784).
+# rotation="dense": fewer rows than this are rotated by a serial Numba kernel, more by
+# numpy's GEMM (one query through BLAS cost 1-10 ms beside Numba's threads; the kernel
+# ~0.14 ms at D=784, streaming the matrix).
 RABITQ_ROTATE_BLAS_MIN_ROWS = 64
 # Rounds of the structured rotation (random signed permutation + block Walsh-Hadamard):
 # recall equal to the dense Haar rotation's on the three datasets with 3 (measured in

@@ -20,17 +20,6 @@ NBITS = (4, 8)
 TRAIN_METHODS = ("auto", "batched", "per_subspace")
 
 
-def _split_scale(sub: np.ndarray) -> float:
-    """KMeans's split scale of a C-contiguous float32 fit input: the RMS coordinate,
-    from a float32 BLAS dot (float64 if that overflows), 1.0 for all zeros."""
-    flat = sub.reshape(-1)
-    with np.errstate(over="ignore"):
-        sumsq = float(np.dot(flat, flat))
-    if not np.isfinite(sumsq):
-        sumsq = float(np.einsum("i,i->", flat, flat, dtype=np.float64))
-    return float(np.sqrt(sumsq / max(flat.size, 1))) or 1.0
-
-
 def check_pq_shape(d: int, m: int, nbits: int, owner: str = "ProductQuantizer"):
     """Validate (d, m, nbits) and return them as ints; d must be divisible by m."""
     d = check_int("d", d, min_value=1)
@@ -185,7 +174,7 @@ class ProductQuantizer:
         import numba
 
         from .kernels.encode.pq_train import OK, pq_train_batched
-        from .kmeans import KMeans
+        from .kmeans import KMeans, rms_scale
 
         t0 = time.perf_counter()
         n, k, m = x.shape[0], self.ksub, self.m
@@ -197,7 +186,7 @@ class ProductQuantizer:
             r = np.random.default_rng(seeds[j])
             init_rows[j] = np.sort(r.choice(n, size=k, replace=False))
             u[j] = r.random(n_draws)
-            scales[j] = _split_scale(
+            scales[j] = rms_scale(
                 np.ascontiguousarray(x[:, j * self.dsub:(j + 1) * self.dsub]))
         # KMeans runs a fit this small on one thread, and its centroid sums in two
         # chunks per thread: the chunking fixes the order of the float64 sums.

@@ -476,3 +476,81 @@ def test_pickle_after_one_query_search(data):
     want = index.search(q[0], 5, nprobe=4)            # fills the one-query constants
     for other in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
         np.testing.assert_array_equal(other.search(q[0], 5, nprobe=4)[1], want[1])
+
+
+def _crafted(tmp_path, index, edit, name):
+    import copy
+    from numba_ivf.persistence import read_index_file, write_index_file
+    src = tmp_path / f"{name}-src.nivf"
+    index.save(src)
+    f = read_index_file(src)
+    params = copy.deepcopy(f.params)
+    arrays = {k: np.array(v) for k, v in f.arrays.items()}
+    edit(params, arrays)
+    dst = tmp_path / f"{name}.nivf"
+    write_index_file(dst, f.kind, params, arrays)
+    return dst
+
+
+def _set(d, k, v):
+    d[k] = v
+
+
+@pytest.mark.parametrize("rotation,edit,msg", [
+    ("fht", lambda p, a: a["rot_signs"].__setitem__((0, 3), 0.5),
+     r"'rot_signs' holds values other than -1 and \+1"),
+    ("fht", lambda p, a: a.pop("rot_perms"), r"array 'rot_perms' missing"),
+    ("dense", lambda p, a: a["rotation"].__setitem__((1, 2), np.nan),
+     r"'rotation' holds nan at index \(1, 2\)"),
+    ("fht", lambda p, a: _set(p, "rotation", "hadamard"),
+     r"parameter 'rotation' is 'hadamard'; expected 'fht' or 'dense'"),
+    ("fht", lambda p, a: a["fac"].__setitem__((4, 1), np.inf),
+     r"'fac' holds inf at index \(4, 1\)"),
+    ("fht", lambda p, a: _set(p, "bits", 9), r"parameter 'bits' is 9; expected an integer"),
+])
+def test_crafted_files_refused_with_their_name(data, tmp_path, rotation, edit, msg):
+    from numba_ivf.persistence.format import IndexFileError
+    index = numba_ivf.IVFRaBitQ(32, 16, bits=2, rotation=rotation)
+    index.train(data[0])
+    index.add(data[0][:200])
+    path = _crafted(tmp_path, index, edit, "bad")
+    with pytest.raises(IndexFileError, match=r"bad\.nivf.*" + msg):
+        numba_ivf.load(path)
+
+
+def test_one_query_kernel_refuses_mismatched_operands(data):
+    from numba_ivf.kernels.rabitq.rabitq_one import rabitq_search_one
+    index = _built(data, 4)
+    _, q = data
+    index.search(q[0], 5, nprobe=4)                    # builds the constants
+    c = index._one_consts
+    L = index._lists
+    args = [q[0], c["unit"], index._prepared.panels, c["coarse_metric"], 2048, 2, 4,
+            *index._fht, c["no_rot"], index._crot, L.payload["codes"], L.payload["ex"],
+            L.payload["fac"], L.ids, L.starts, L.sizes, True, 4, True, 1.9, 5, False,
+            c["no_data"], np.empty((1, 5), np.float32), np.empty((1, 5), np.int64),
+            c["backend"]]
+    bad = list(args)
+    bad[11] = index._crot[:, :16]                      # rotated centroids of another D
+    with pytest.raises(ValueError, match="rabitq_search_one: operand shapes do not match"):
+        rabitq_search_one(*bad)
+    bad = list(args)
+    bad[6] = index.nlist + 1                           # nprobe past nlist
+    with pytest.raises(ValueError, match="rabitq_search_one: operand shapes do not match"):
+        rabitq_search_one(*bad)
+
+
+def test_scan_refuses_rows_outside_the_arena(data):
+    from numba_ivf.kernels.rabitq.rabitq_scan import _scratch, scan_list
+    from numba_ivf.kernels.fastscan import fastscan
+    index = _built(data, 4)
+    L = index._lists
+    qp, T, lo, lut_u8, acc = _scratch(index.padded_dim)
+    hd = np.full(5, np.inf, np.float32)
+    hi = np.zeros(5, np.int64)
+    hr = np.zeros(5, np.int64)
+    n_rows = L.payload["codes"].shape[0] * 32
+    with pytest.raises(IndexError, match="list rows out of the packed arena"):
+        scan_list(L.payload["codes"], L.payload["ex"], L.payload["fac"], L.ids,
+                  n_rows - 3, 10, None, qp, T, lut_u8, 0.0, 1.0, acc, 0.0, 1.0, 0.0,
+                  True, 4, True, 1.9, hd, hi, hr, fastscan.get_backend(None))

@@ -98,6 +98,7 @@ def _check_ivf_file(f) -> None:
     ``centroids``, ``list_starts``, ``list_sizes``, ``ids`` and the payload arrays of
     ``InvertedLists.compact_arrays``, where the lists tile the stored rows exactly.
     """
+    from .._config import RABITQ_DIM_ALIGN
     from .._validation import METRICS
     from ..persistence.format import IndexFileError
     from ..pq import NBITS
@@ -136,7 +137,7 @@ def _check_ivf_file(f) -> None:
         rot_kind = p.get("rotation")
         if rot_kind not in ("fht", "dense"):
             raise bad(f"parameter 'rotation' is {rot_kind!r}; expected 'fht' or 'dense'")
-        D = -(-d // 8) * 8          # RABITQ_DIM_ALIGN
+        D = -(-d // RABITQ_DIM_ALIGN) * RABITQ_DIM_ALIGN
 
     a = f.arrays
     if not trained:

@@ -11,9 +11,9 @@ Vectors (and queries) are zero-padded to D, a multiple of RABITQ_DIM_ALIGN, and 
 by one seeded random orthogonal transform: by default a structured one (``"fht"``:
 RABITQ_FHT_ROUNDS rounds of random signed permutations and block Walsh-Hadamard
 transforms, O(D log D) per row), or a dense Haar-random D x D matrix (``"dense"``,
-numpy's GEMM for batches). Codes are of the rotated residual to the list's centroid. Per vector:
-D/8 bytes of sign bits, (bits - 1) D/8 bytes of extra bits, 16 bytes of factors, and
-the 8-byte id: D bits / 8 + 24 bytes.
+numpy's GEMM for batches). Codes are of the rotated residual to the list's centroid.
+Per vector: D/8 bytes of sign bits, (bits - 1) D/8 bytes of extra bits, 16 bytes of
+factors, and the 8-byte id: D bits / 8 + 24 bytes.
 """
 
 from __future__ import annotations
@@ -273,7 +273,8 @@ class IVFRaBitQ(IVFBase):
         return L, ex, fastscan.get_backend(backend)
 
     def _scan(self, q, scores, probes, kk, path, flt, epsilon, backend=None):
-        """(keys, ids, rows) of shape (nq, kk): the RaBitQ estimates' top-kk."""
+        """(keys, ids, rows) of shape (nq, kk): the RaBitQ estimates' top-kk; path
+        "batch" or "serial"."""
         from ..kernels.filtering._bits import no_filter
         from ..kernels.rabitq import rabitq_scan
         L, ex, backend = self._kernel_args(backend)
@@ -283,8 +284,6 @@ class IVFRaBitQ(IVFBase):
         rows = np.empty((nq, kk), dtype=np.int64)
         if nq == 0:
             return keys, ids, rows
-        if path == "auto":
-            path = "batch" if nq >= _n_threads() else "serial"
         fn = rabitq_scan.rabitq_batch if path == "batch" else rabitq_scan.rabitq_serial
         flt = no_filter() if flt is None else flt
         gate = bool(np.isfinite(epsilon))
@@ -371,7 +370,9 @@ class IVFRaBitQ(IVFBase):
                                  max_value=PQ_REFINE_K_FACTOR_MAX)
             kk = k * k_factor
         nq = q.shape[0]
-        serial = path == "serial" or (path == "auto" and nq < _n_threads())
+        if path == "auto":
+            path = "batch" if nq >= _n_threads() else "serial"
+        serial = path == "serial"
         if filter is not None or min_candidates is not None or max_nprobe is not None:
             if filter is None:
                 raise ValueError("min_candidates and max_nprobe apply only to a filtered "

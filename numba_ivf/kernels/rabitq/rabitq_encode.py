@@ -128,7 +128,7 @@ def rotate_rows(x, P, out):
     """out[i, :] = x[i, :d] @ P[:d] for few rows (x (n, d) float32 with d <= D, the
     padding columns of x being zero; P (D, D), out (n, D) float32), on the calling
     thread: numpy's BLAS call for one row cost 1-10 ms here when its threads had to
-    wake up beside Numba's (a row is D^2 multiply-adds, ~0.05 ms at D = 784)."""
+    wake up beside Numba's (this kernel: ~0.14 ms per row at D = 784, streaming P)."""
     n, d = x.shape
     D = P.shape[1]
     for i in range(n):

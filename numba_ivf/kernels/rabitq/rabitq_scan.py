@@ -33,6 +33,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from ..._config import RABITQ_LUT_SLACK
 from ..filtering._bits import MODE_SKIP, block_lanes, is_filtered, row_list_mode
 from ..fastscan._lutquant import quantize_rows1
 from ..fastscan.fastscan import block_sums_below, check_block_operands
@@ -154,7 +155,7 @@ def scan_list(packed, ex, fac, ids, start, n, fb, qp, T, lut_u8, bias, scale, ac
     K = 1 << (bits - 1)
     cB = 0.5 * ((1 << bits) - 1)
     half_s = 0.5 * S
-    delta = M * 0.5005 / scale
+    delta = M * RABITQ_LUT_SLACK / scale
     slack = eps * qnorm if gate else 0.0
     fl2 = 1.0 if l2 else 0.0
     for b in range(b0, b1 + 1):
