@@ -48,6 +48,29 @@ ASSIGN_TILE_MAX = ASSIGN_MR * 128
 # Aim for at least this many tiles per thread so that prange can balance the load.
 ASSIGN_TILES_PER_THREAD = 4
 
+# -- int8-screened assignment (``kernels.assign.screen``) ----------------------------
+# Rows and centroids are quantized to int8 (one scale per row), their exact int32 dot
+# products bound every true score to an interval, and only the centroids whose interval
+# reaches the p-th best lower bound are scored again exactly (float64). MR x NR int32
+# accumulators (8 rows x 2 zmm) like the float32 kernel; a tile's (rows, k) int32 block
+# stays in L2.
+SCREEN_MR = 8
+SCREEN_NR = 32
+SCREEN_TILE_BYTES = 384 * 1024
+# Slack added to each interval on top of the quantization bound, relative to
+# ||x|| ||c|| + |bias|: covers the float32 rounding of the intervals (a few ulps, ~3e-7)
+# and the float64 rounding of the re-score (~1e-13), and costs no candidates (the
+# bound itself is ~1e-2 of that).
+SCREEN_SLACK = 1e-5
+# Where the screen replaces the float32 kernel (with VNNI only): measured here (AMD EPYC,
+# 2 threads), k-means-sized assignment (p=1) of 100k rows to 1265 / 980 centroids took
+# 0.62x the tiled kernel's time at d=384 and 0.58x at d=784, but 1.4x at d=50; the IVF
+# coarse step (p=32, 2000 queries, d=384) 0.80x. Fewer rows than SCREEN_MIN_ROWS keep
+# the float32 kernel (one query's coarse step has its own GEMV).
+SCREEN_MIN_D = 128
+SCREEN_MIN_K = 64
+SCREEN_MIN_ROWS = 16
+
 # Relative tolerance for comparing a fast kernel's chosen centroid with the oracle's
 # best when the two are nearly tied: float32 dot products over d terms carry about
 # sqrt(d) * 2**-24 relative error in the score, which becomes larger relative error

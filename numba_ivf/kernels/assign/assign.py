@@ -26,12 +26,12 @@ from numba import njit, prange
 from ..._config import (ASSIGN_MR, ASSIGN_NR, ASSIGN_TILE_BYTES, ASSIGN_TILE_MAX,
                        ASSIGN_TILE_MIN, ASSIGN_TILES_PER_THREAD,
                        ASSIGN_TOPK_CUT_STEPS, ASSIGN_TOPK_SCORE_BYTES,
-                       ASSIGN_TOPK_SCORES_MIN_P, FASTMATH)
+                       ASSIGN_TOPK_SCORES_MIN_P, FASTMATH, SCREEN_MIN_ROWS)
 from ..._threads import serialized_launches
 from ..._validation import check_choice, check_int, check_metric, check_vectors
 from ._microkernel import dot_block
 
-VARIANTS = ("scalar", "monolithic", "tiled")
+VARIANTS = ("scalar", "monolithic", "tiled", "screened")
 
 
 # --------------------------------------------------------------------------- layout
@@ -47,10 +47,16 @@ class CentroidPanels(NamedTuple):
     bias: np.ndarray
     k: int
     l2: bool
+    # The int8 screen (``screen.ScreenPanels``) where it is faster than the float32
+    # kernel (``screen.worth_screening``); batches of rows then take it.
+    screen: object = None
 
 
-def prepare_centroids(centroids: np.ndarray, l2: bool) -> CentroidPanels:
-    """Lay out float32 C-contiguous centroids (k, d) in panels of NR columns."""
+def prepare_centroids(centroids: np.ndarray, l2: bool,
+                      screen: bool | None = None) -> CentroidPanels:
+    """Lay out float32 C-contiguous centroids (k, d) in panels of NR columns, and the
+    int8 screen if ``screen`` (default: where ``screen.worth_screening`` says)."""
+    from . import screen as _screen
     k, d = centroids.shape
     npanel = -(-k // ASSIGN_NR)
     padded = np.zeros((npanel * ASSIGN_NR, d), dtype=np.float32)
@@ -62,7 +68,10 @@ def prepare_centroids(centroids: np.ndarray, l2: bool) -> CentroidPanels:
         bias[:k] = -0.5 * np.einsum("ij,ij->i", c64, c64)
     else:
         bias[:k] = 0.0
-    return CentroidPanels(panels, bias, k, l2)
+    if screen is None:
+        screen = _screen.worth_screening(k, d)
+    sp = _screen.prepare_screen(centroids, l2) if screen else None
+    return CentroidPanels(panels, bias, k, l2, sp)
 
 
 def tile_rows(n: int, d: int, n_threads: int) -> int:
@@ -344,10 +353,11 @@ def assign_nearest(x, centroids, metric: str = "l2", variant: str = "tiled"):
     metric : {"l2", "ip", "cosine"}, default "l2"
         "l2": smallest squared Euclidean distance; "ip": largest inner product;
         "cosine": largest cosine similarity (rows normalised first).
-    variant : {"tiled", "monolithic", "scalar"}, default "tiled"
+    variant : {"tiled", "monolithic", "scalar", "screened"}, default "tiled"
         Which kernel computes it (all give the same labels up to float rounding of
         near-ties): the parallel register-blocked kernel, one numpy GEMM plus argmax,
-        or the plain-loop float64 oracle.
+        the plain-loop float64 oracle, or the int8 screen with an exact float64
+        re-score of the centroids it cannot rule out (``kernels.assign.screen``).
 
     Returns
     -------
@@ -375,13 +385,26 @@ def assign_nearest(x, centroids, metric: str = "l2", variant: str = "tiled"):
         return labels, dist.astype(np.float32)
     if variant == "monolithic":
         return monolithic_argmax(x, c, l2)
-    prepared = prepare_centroids(c, l2)
+    if variant == "screened":
+        from .screen import prepare_screen, screened_topk
+        dist, labels = screened_topk(x, prepare_screen(c, l2), 1, n_threads=_threads())
+        return labels[:, 0], dist[:, 0]
+    prepared = prepare_centroids(c, l2, screen=False)
     return tiled_argmax(x, prepared.panels, prepared.bias, l2,
                         tile_rows(x.shape[0], x.shape[1], _threads()))
 
 
+def _screened(x, prepared) -> bool:
+    return prepared.screen is not None and x.shape[0] >= SCREEN_MIN_ROWS
+
+
 def assign_prepared(x: np.ndarray, prepared: CentroidPanels):
-    """Tiled argmax of validated float32 rows against prepared centroids."""
+    """Argmax of validated float32 rows against prepared centroids: the int8 screen
+    where it was prepared, else the tiled kernel. Returns (labels, distances)."""
+    if _screened(x, prepared):
+        from .screen import screened_topk
+        dist, labels = screened_topk(x, prepared.screen, 1, n_threads=_threads())
+        return labels[:, 0], dist[:, 0]
     return tiled_argmax(x, prepared.panels, prepared.bias, prepared.l2,
                         tile_rows(x.shape[0], x.shape[1], _threads()))
 
@@ -390,10 +413,14 @@ def topk_prepared(x: np.ndarray, prepared: CentroidPanels, p: int,
                   score_block: bool | None = None):
     """Tiled top-p of validated float32 rows against prepared centroids, best first.
 
-    Returns (distances float32 (n, p), indices int64 (n, p)); p <= k. ``score_block``
-    forces one worker (benchmarks compare them); by default p >= ASSIGN_TOPK_SCORES_MIN_P
-    takes the score block.
+    Returns (distances float32 (n, p), indices int64 (n, p)); p <= k. The int8 screen
+    answers instead where it was prepared (``prepare_centroids``) and x has at least
+    SCREEN_MIN_ROWS rows. ``score_block`` forces one float32 worker (benchmarks compare
+    them); by default p >= ASSIGN_TOPK_SCORES_MIN_P takes the score block.
     """
+    if score_block is None and _screened(x, prepared):
+        from .screen import screened_topk
+        return screened_topk(x, prepared.screen, p, n_threads=_threads())
     if score_block is None:
         score_block = p >= ASSIGN_TOPK_SCORES_MIN_P
     tile = tile_rows(x.shape[0], x.shape[1], _threads())
