@@ -1,4 +1,6 @@
-"""Assignment step: scalar oracle vs monolithic GEMM + argmax vs tiled kernel."""
+"""Assignment step: scalar oracle vs monolithic GEMM + argmax vs tiled kernel vs the int8
+screen with exact re-score (``screened``: VNNI machines run vpdpbusd, others its plain-loop
+kernel)."""
 
 import numpy as np
 
@@ -9,7 +11,8 @@ SHAPES = ([(5000, 64, 128), (2000, 784, 256)] if QUICK else
 
 
 class TimeAssign:
-    params = (["scalar", "monolithic", "tiled"], [str(s) for s in SHAPES], ["l2", "ip"])
+    params = (["scalar", "monolithic", "tiled", "screened"], [str(s) for s in SHAPES],
+              ["l2", "ip"])
     param_names = ["variant", "shape", "metric"]
     timeout = 600
 
@@ -57,12 +60,13 @@ class TimeSgemmReference:
 
 class TimeCoarseTopk:
     """The coarse step of an IVF search: the top-p centroids of each query (nprobe = p),
-    by both workers: the sorted insertion per candidate and the score block + cut
-    (``assign.py``; the default takes the block from ASSIGN_TOPK_SCORES_MIN_P = 32)."""
+    by each worker: the float32 kernel's sorted insertion per candidate and its score
+    block + cut (``assign.py``; its default takes the block from ASSIGN_TOPK_SCORES_MIN_P
+    = 32), and the int8 screen (``screen.py``; the default where VNNI and d >= 128)."""
 
     params = ([str(s) for s in ([(2000, 50, 1024)] if QUICK else
                                 [(2000, 50, 1024), (10000, 784, 1024)])],
-              [2, 8, 32, 64], ["insertion", "block"])
+              [2, 8, 32, 64], ["insertion", "block", "screened"])
     param_names = ["shape", "p", "worker"]
     timeout = 600
 
@@ -70,8 +74,9 @@ class TimeCoarseTopk:
         from numba_ivf.kernels.assign.assign import prepare_centroids, topk_prepared
         n, d, k = eval(shape)
         self.q = clustered(n, d, seed=3)
-        self.prepared = prepare_centroids(clustered(k, d, seed=4), True)
-        self.block = worker == "block"
+        self.prepared = prepare_centroids(clustered(k, d, seed=4), True,
+                                          screen=worker == "screened")
+        self.block = None if worker == "screened" else worker == "block"
         self.fn = topk_prepared
         self.fn(self.q[:64], self.prepared, p, self.block)
 

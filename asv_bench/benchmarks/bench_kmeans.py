@@ -8,7 +8,7 @@ N, D, K = (10000, 64, 128) if QUICK else (50000, 128, 512)
 
 
 class TimeKMeansFit:
-    params = ["monolithic", "tiled"]
+    params = ["monolithic", "tiled", "screened"]
     param_names = ["variant"]
     timeout = 600
 
