@@ -44,7 +44,7 @@ from numba.extending import (NativeValue, box, models, overload, register_model,
 from ..._config import (FASTMATH, FASTSCAN_ACC_MAX, FASTSCAN_BLOCK, FASTSCAN_ENV,
                        FASTSCAN_LIST_CHUNK_BLOCKS, FASTSCAN_MAX_M)
 from ..simd import _simd
-from ._lutquant import quantize_rows1
+from ._lutquant import quantize_rows1, row_extrema1
 
 __all__ = [
     "BACKEND", "BACKENDS", "FASTSCAN_BACKEND", "Backend", "available_backends",
@@ -636,16 +636,12 @@ def quantize_lut_into(lut, out_u8):
     rmax = 0.0
     rsum = 0.0
     lows = np.empty(m, dtype=lut.dtype)   # row minima, exact in the table's own dtype
+    highs = np.empty(m, dtype=lut.dtype)
+    _row_minmax(lut, lows, highs)
     for j in range(m):
-        lo = np.float64(lut[j, 0])
-        hi = lo
-        for k in range(1, 16):
-            x = np.float64(lut[j, k])
-            lo = min(lo, x)
-            hi = max(hi, x)
-        lows[j] = lo
+        lo = np.float64(lows[j])
         bias += lo
-        r = hi - lo
+        r = np.float64(highs[j]) - lo
         rmax = max(rmax, r)
         rsum += r
     scale = 1.0
@@ -658,6 +654,34 @@ def quantize_lut_into(lut, out_u8):
         for k in range(16):
             out_u8[j, k] = 0
     return bias, scale
+
+
+def _row_minmax(lut, lows, highs):
+    """lows[j], highs[j] = min, max of row j of lut (in its dtype, exact); njit only."""
+    raise NotImplementedError("_row_minmax is only callable from Numba-compiled code")
+
+
+@overload(_row_minmax, jit_options={"cache": True})
+def _ol_row_minmax(lut, lows, highs):
+    # The search path's float32 tables take the LLVM-IR rows (two 8-lane vectors and a
+    # halving tree each); other dtypes and layouts the plain loop. Min and max are
+    # exact, so both give the same values for finite tables.
+    if (isinstance(lut, types.Array) and lut.dtype == types.float32 and lut.layout == "C"
+            and lows.layout == "C" and highs.layout == "C"):
+        def impl(lut, lows, highs):
+            row_extrema1(lut, lows, highs)
+        return impl
+
+    def impl_loop(lut, lows, highs):
+        for j in range(lut.shape[0]):
+            lo = lut[j, 0]
+            hi = lo
+            for k in range(1, 16):
+                lo = min(lo, lut[j, k])
+                hi = max(hi, lut[j, k])
+            lows[j] = lo
+            highs[j] = hi
+    return impl_loop
 
 
 def _quantize_entries(lut, lows, scale, out_u8):
