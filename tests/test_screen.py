@@ -225,3 +225,23 @@ def test_ivf_coarse_step_takes_the_screen_and_stays_exact(metric):
     ref_s, ref_i = topk_exact(qq, index.centroids, metric == "l2", 8)
     np.testing.assert_array_equal(lists, ref_i)
     np.testing.assert_allclose(keys, ref_s, rtol=1e-5, atol=1e-4)
+
+
+def test_screened_index_pickles_and_round_trips_through_save(tmp_path):
+    import pickle
+
+    import numba_ivf
+    rng = np.random.default_rng(23)
+    d, nlist = 132, 64
+    x = rng.standard_normal((2500, d)).astype(np.float32)
+    q = rng.standard_normal((30, d)).astype(np.float32)
+    index = numba_ivf.IVFPQ(d, nlist, m=33, nbits=4, refine=True, n_iter=3, seed=0)
+    index.train(x)
+    index.add(x)
+    want = index.search(q, 5, nprobe=6, k_factor=4)
+    for other in (pickle.loads(pickle.dumps(index)),
+                  (index.save(tmp_path / "i.nivf"), numba_ivf.load(tmp_path / "i.nivf"))[1]):
+        assert (other._prepared.screen is not None) == (index._prepared.screen is not None)
+        got = other.search(q, 5, nprobe=6, k_factor=4)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[0], want[0])
