@@ -70,6 +70,12 @@ SCREEN_SLACK = 1e-5
 SCREEN_MIN_D = 128
 SCREEN_MIN_K = 64
 SCREEN_MIN_ROWS = 16
+# Its re-score grows with p (about 2p candidate rows read, ~30 ns each at d=384, from
+# L2/L3) while the float32 kernel's cut barely does: 2000 queries, time screened /
+# tiled at p = 8, 32, 48, 64, 128: gcide-minilm-384 0.60, 0.81, 0.96, 1.12, 1.43;
+# fashion-mnist-784 0.62, 0.92, 0.96, 0.96, 1.43. So the coarse step screens up to
+# p = 48 (nprobe <= 48).
+SCREEN_MAX_P = 48
 
 # Relative tolerance for comparing a fast kernel's chosen centroid with the oracle's
 # best when the two are nearly tied: float32 dot products over d terms carry about

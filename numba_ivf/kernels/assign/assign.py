@@ -26,7 +26,8 @@ from numba import njit, prange
 from ..._config import (ASSIGN_MR, ASSIGN_NR, ASSIGN_TILE_BYTES, ASSIGN_TILE_MAX,
                        ASSIGN_TILE_MIN, ASSIGN_TILES_PER_THREAD,
                        ASSIGN_TOPK_CUT_STEPS, ASSIGN_TOPK_SCORE_BYTES,
-                       ASSIGN_TOPK_SCORES_MIN_P, FASTMATH, SCREEN_MIN_ROWS)
+                       ASSIGN_TOPK_SCORES_MIN_P, FASTMATH, SCREEN_MAX_P,
+                       SCREEN_MIN_ROWS)
 from ..._threads import serialized_launches
 from ..._validation import check_choice, check_int, check_metric, check_vectors
 from ._microkernel import dot_block
@@ -394,8 +395,9 @@ def assign_nearest(x, centroids, metric: str = "l2", variant: str = "tiled"):
                         tile_rows(x.shape[0], x.shape[1], _threads()))
 
 
-def _screened(x, prepared) -> bool:
-    return prepared.screen is not None and x.shape[0] >= SCREEN_MIN_ROWS
+def _screened(x, prepared, p=1) -> bool:
+    return (prepared.screen is not None and x.shape[0] >= SCREEN_MIN_ROWS
+            and p <= SCREEN_MAX_P)
 
 
 def assign_prepared(x: np.ndarray, prepared: CentroidPanels):
@@ -414,11 +416,11 @@ def topk_prepared(x: np.ndarray, prepared: CentroidPanels, p: int,
     """Tiled top-p of validated float32 rows against prepared centroids, best first.
 
     Returns (distances float32 (n, p), indices int64 (n, p)); p <= k. The int8 screen
-    answers instead where it was prepared (``prepare_centroids``) and x has at least
-    SCREEN_MIN_ROWS rows. ``score_block`` forces one float32 worker (benchmarks compare
+    answers instead where it was prepared (``prepare_centroids``), x has at least
+    SCREEN_MIN_ROWS rows and p <= SCREEN_MAX_P. ``score_block`` forces one float32 worker (benchmarks compare
     them); by default p >= ASSIGN_TOPK_SCORES_MIN_P takes the score block.
     """
-    if score_block is None and _screened(x, prepared):
+    if score_block is None and _screened(x, prepared, p):
         from .screen import screened_topk
         return screened_topk(x, prepared.screen, p, n_threads=_threads())
     if score_block is None:
