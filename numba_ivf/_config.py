@@ -62,6 +62,10 @@ SCREEN_TILE_BYTES = 384 * 1024
 # and the float64 rounding of the re-score (~1e-13), and costs no candidates (the
 # bound itself is ~1e-2 of that).
 SCREEN_SLACK = 1e-5
+# ... plus an absolute one: below ~1e-38 the float32 intervals lose bits to subnormal
+# rounding (absolute, not relative), so scores within 1e-35 of each other are never
+# told apart by the screen (such rows are simply re-scored in float64).
+SCREEN_ABS_SLACK = 1e-35
 # Where the screen replaces the float32 kernel (with VNNI only): measured here (AMD EPYC,
 # 2 threads), k-means-sized assignment (p=1) of 100k rows to 1265 / 980 centroids took
 # 0.62x the tiled kernel's time at d=384 and 0.58x at d=784, but 1.4x at d=50; the IVF

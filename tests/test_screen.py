@@ -71,7 +71,9 @@ def test_zero_rows_constant_rows_and_large_values(kernel):
     _check(x, c, False, 7, kernel)
     big = 1e15                    # well inside the value limit at d=20
     _check(x * big, c * big, True, 4, kernel)
-    _check(x * 1e-20, c * 1e-20, False, 4, kernel)
+    for tiny in (1e-19, 1e-20, 1e-30):   # products near and below float32's normals
+        _check(x * tiny, c * tiny, False, 4, kernel)
+        _check(x * tiny, c * tiny, True, 4, kernel)
 
 
 def test_bound_holds_for_every_pair():

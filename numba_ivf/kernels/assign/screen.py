@@ -35,8 +35,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from ..._config import (FASTMATH, SCREEN_MIN_D, SCREEN_MIN_K, SCREEN_MR, SCREEN_NR,
-                       SCREEN_SLACK, SCREEN_TILE_BYTES)
+from ..._config import (FASTMATH, SCREEN_ABS_SLACK, SCREEN_MIN_D, SCREEN_MIN_K,
+                       SCREEN_MR, SCREEN_NR, SCREEN_SLACK, SCREEN_TILE_BYTES)
 from ._i8kernel import dot_block_portable, dot_block_u8s8, has_vnni
 
 __all__ = ["KERNELS", "ScreenPanels", "default_kernel", "prepare_screen", "screened_topk",
@@ -105,16 +105,18 @@ def _dot64(x, c):
 def _intervals(srow, sx, xr, xh, xn, coef, lo, up):
     """lo[c], up[c] = a - B, a + B (see (*)) for the k = len(lo) real centroids, in
     float32 (16 lanes a vector): one pass. Its rounding (a few ulps of terms no larger
-    than ||x|| ||c|| + |bias|) is far inside the slack of SCREEN_SLACK times that.
+    than ||x|| ||c|| + |bias|) is far inside the slack of SCREEN_SLACK times that, and
+    SCREEN_ABS_SLACK covers the subnormal range, where rounding is absolute.
     The centroid constants are rows of one array: with one array each, the loop had
     too many possible aliases for LLVM's run-time checks and stayed scalar."""
     sx32 = np.float32(sx)
     xr32 = np.float32(xr + SCREEN_SLACK * xn)
     xh32 = np.float32(xh)
     sl32 = np.float32(SCREEN_SLACK)
+    ab32 = np.float32(SCREEN_ABS_SLACK)
     for c in range(lo.shape[0]):
         a = sx32 * coef[0, c] * np.float32(srow[c]) + coef[3, c]
-        b = xr32 * coef[1, c] + xh32 * coef[2, c] + sl32 * abs(coef[3, c])
+        b = xr32 * coef[1, c] + xh32 * coef[2, c] + (sl32 * abs(coef[3, c]) + ab32)
         lo[c] = a - b
         up[c] = a + b
 
