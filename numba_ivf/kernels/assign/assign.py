@@ -30,6 +30,7 @@ from ..._config import (ASSIGN_MR, ASSIGN_NR, ASSIGN_TILE_BYTES, ASSIGN_TILE_MAX
                        SCREEN_MIN_ROWS)
 from ..._threads import serialized_launches
 from ..._validation import check_choice, check_int, check_metric, check_vectors
+from ..common.topk import insert_best
 from ._microkernel import dot_block
 
 VARIANTS = ("scalar", "monolithic", "tiled", "screened")
@@ -193,20 +194,7 @@ def _row_topk(s, out_s, out_i, cs, ci):
         ci[w] = j
         w += np.int64(v >= t and v > -np.inf)
     # Stable insertion sort of the w candidates, keeping the first p.
-    m = 0
-    for j in range(w):
-        v = cs[j]
-        idx = ci[j]
-        if m == p_top and not v > out_s[m - 1]:
-            continue
-        pos = min(m, p_top - 1)
-        while pos > 0 and v > out_s[pos - 1]:
-            out_s[pos] = out_s[pos - 1]
-            out_i[pos] = out_i[pos - 1]
-            pos -= 1
-        out_s[pos] = v
-        out_i[pos] = idx
-        m = min(m + 1, p_top)
+    m = insert_best(cs, ci, w, out_s, out_i)
     for j in range(m, p_top):
         out_s[j] = -np.inf
         out_i[j] = -1

@@ -37,6 +37,7 @@ from numba import njit, prange
 
 from ..._config import (FASTMATH, SCREEN_ABS_SLACK, SCREEN_MIN_D, SCREEN_MIN_K,
                        SCREEN_MR, SCREEN_NR, SCREEN_SLACK, SCREEN_TILE_BYTES)
+from ..common.topk import insert_best
 from ._i8kernel import dot_block_portable, dot_block_u8s8, has_vnni
 
 __all__ = ["KERNELS", "ScreenPanels", "default_kernel", "prepare_screen", "screened_topk",
@@ -176,21 +177,8 @@ def select_row(srow, x, sx, xr, xh, xn2, coef, bias64, cent, l2,
         w += np.int64(up[c] >= t)
     for j in range(w):
         cf[j] = _dot64(x, cent[ci[j]]) + bias64[ci[j]]
-    # Stable insertion of the w (>= p) candidates keeping the best p: among equal
-    # scores the earlier (lower) index stays first.
-    m = 0
-    for j in range(w):
-        f = cf[j]
-        if m == p and not f > bs[p - 1]:
-            continue
-        pos = min(m, p - 1)
-        while pos > 0 and f > bs[pos - 1]:
-            bs[pos] = bs[pos - 1]
-            bi[pos] = bi[pos - 1]
-            pos -= 1
-        bs[pos] = f
-        bi[pos] = ci[j]
-        m = min(m + 1, p)
+    # Candidates come in index order: equal scores keep the lower index first.
+    insert_best(cf, ci, w, bs, bi)
     for j in range(p):
         f = bs[j]
         out_s[j] = np.float32(max(xn2 - 2.0 * f, 0.0)) if l2 else np.float32(f)

@@ -37,7 +37,7 @@ from ..._config import (FASTMATH, RESERVOIR_CUT_STEPS, RESERVOIR_FACTOR,
 _FM = set(FASTMATH)
 
 __all__ = ["ID_SENTINEL", "heap_init", "heap_push", "heap_sort", "merge_topk",
-           "merge_refine", "res_capacity", "res_cut", "res_push", "res_finish", "to_faiss"]
+           "insert_best", "merge_refine", "res_capacity", "res_cut", "res_push", "res_finish", "to_faiss"]
 
 ID_SENTINEL = np.iinfo(np.int64).max
 
@@ -92,6 +92,29 @@ def _sift_down(hd, hi, pos, n):
             break
     hd[pos] = d
     hi[pos] = i
+
+
+@njit(nogil=True, cache=True, fastmath=_FM)
+def insert_best(vals, idx, w, out_v, out_i):
+    """The p = len(out_v) largest of vals[:w] (ids idx[:w]) into (out_v, out_i), largest
+    first, by a stable insertion: among equal values the earlier entry stays first (so
+    lower ids first when the entries come in id order). Returns how many were filled
+    (min(w, p)); the rest of out_v / out_i is left as it was."""
+    p = out_v.shape[0]
+    m = 0
+    for j in range(w):
+        v = vals[j]
+        if m == p and not v > out_v[p - 1]:
+            continue
+        pos = min(m, p - 1)
+        while pos > 0 and v > out_v[pos - 1]:
+            out_v[pos] = out_v[pos - 1]
+            out_i[pos] = out_i[pos - 1]
+            pos -= 1
+        out_v[pos] = v
+        out_i[pos] = idx[j]
+        m = min(m + 1, p)
+    return m
 
 
 @njit(nogil=True, cache=True, fastmath=_FM)
