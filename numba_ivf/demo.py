@@ -32,22 +32,26 @@ def run_demo(n: int = 50_000, d: int = 64, k: int = 256, seed: int = 0) -> int:
     print(f"data: {n} x {d} float32 clustered Gaussian base, {len(q)} queries "
           f"({time.perf_counter() - t0:.2f} s)")
 
-    # -- assignment step, three variants ------------------------------------------------
+    # -- assignment step: the three variants, and the int8 screen -----------------------
     cents = x[np.random.default_rng(seed).choice(n, k, replace=False)]
     t0 = time.perf_counter()
-    for v in ("scalar", "monolithic", "tiled"):
+    for v in ("scalar", "monolithic", "tiled", "screened"):
         numba_ivf.assign_nearest(x[:100], cents, "l2", v)
     print(f"\ncompile/load of the assignment kernels: {time.perf_counter() - t0:.2f} s")
     flop = 2.0 * n * d * k
     print(f"assignment of {n} points to k={k} centroids (median of repeats):")
     base_t = None
     ref_labels = numba_ivf.assign_nearest(x, cents, "l2", "scalar")[0]
-    for v, reps in (("scalar", 1), ("monolithic", 5), ("tiled", 5)):
+    for v, reps in (("scalar", 1), ("monolithic", 5), ("tiled", 5), ("screened", 5)):
         t = median_time(lambda: numba_ivf.assign_nearest(x, cents, "l2", v), reps)
         base_t = base_t or t
         same = (numba_ivf.assign_nearest(x, cents, "l2", v)[0] == ref_labels).mean()
         print(f"  {v:<11s} {t * 1e3:9.1f} ms  {flop / t / 1e9:7.1f} GFLOP/s  "
               f"{base_t / t:7.1f}x scalar  labels equal to oracle: {same:.4%}")
+    from numba_ivf.kernels.assign.screen import default_kernel, worth_screening
+    print(f"  (screened: exact int8 screen + float64 re-score, {default_kernel()} kernel "
+          f"here; the default inside indexes and KMeans where it pays: "
+          f"{'yes' if worth_screening(k, d) else 'no'} at d={d}, k={k})")
 
     # -- k-means -----------------------------------------------------------------------
     print(f"\nKMeans(n_clusters={k}, n_iter=25) fit, all {n} points:")
