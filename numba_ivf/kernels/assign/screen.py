@@ -166,8 +166,8 @@ def select_row(srow, x, sx, xr, xh, xn2, coef, bias64, cent, l2,
     """Exact top-p (p = len(out_s)) of one row from its int32 screen ``srow`` (kp,):
     the intervals, a floor t under the p-th largest lower bound, and the float64
     re-score of every centroid whose upper bound reaches t, best p of them by (score
-    desc, index asc). Scratch: lo, up (k,) float32, cf (k,) float64, ci (k,) int64, bs (p,) float64,
-    bi (p,) int64."""
+    desc, index asc). Scratch: lo, up (k,) float32, cf (k,) float64, ci (k,) int64,
+    bs (p,) float64, bi (p,) int64."""
     p = out_s.shape[0]
     _intervals(srow, sx, xr, xh, np.sqrt(xn2), coef, lo, up)
     t = _floor_p(lo, p)
