@@ -210,6 +210,9 @@ def test_bad_arguments_are_rejected():
         S.screened_topk(x, sp, 0)
     with pytest.raises(ValueError, match="kernel must be one of"):
         S.screened_topk(x, sp, 1, "gpu")
+    with pytest.raises(ValueError, match=r"the int8 screen takes d <= 65000 \(int32 sums\); "
+                                         r"got d=65001"):
+        S.prepare_screen(np.zeros((1, 65001), np.float32), True)
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])

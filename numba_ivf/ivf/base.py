@@ -193,10 +193,14 @@ class IVFBase:
             raise RuntimeError(f"{self.kind}.{what}: the index is not trained; call "
                                f"train(x) first.")
 
-    def _set_centroids(self, centroids: np.ndarray):
+    def _set_centroids(self, centroids: np.ndarray, prepared=None):
+        """Install centroids and their kernel layouts (``prepared``, when the caller has
+        them already for these same float32 centroids)."""
         from ..kernels.assign.assign import prepare_centroids
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self._prepared = prepare_centroids(self._centroids, self._metric == "l2")
+        if prepared is None:
+            prepared = prepare_centroids(self._centroids, self._metric == "l2")
+        self._prepared = prepared
 
     def _coarse(self, x: np.ndarray, p: int):
         """The p best lists of each (prepared) row, best first: (scores, lists); scores
@@ -252,9 +256,9 @@ class IVFBase:
                     metric=self._metric, spherical=self._metric != "l2")
         km.fit(x)
         centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
-        rest = self._train_rest(x, centroids,
-                                prepare_centroids(centroids, self._metric == "l2"))
-        self._set_centroids(centroids)
+        prepared = prepare_centroids(centroids, self._metric == "l2")
+        rest = self._train_rest(x, centroids, prepared)
+        self._set_centroids(centroids, prepared)
         for name, value in rest.items():
             setattr(self, name, value)
 

@@ -154,16 +154,11 @@ def _count_ge(s, t):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _row_topk(s, out_s, out_i, cs, ci):
-    """Sorted top-p (score desc, index asc) of one row of scores ``s``; p = len(out_s).
-
-    A score t with p <= #{s >= t} <= p + slack is found by bisection on the values (each
-    step one vectorised count), the scores >= t are compacted without branches, and only
-    those few are insertion-sorted. Ties at t keep every tied entry, and the stable
-    insertion keeps lower indices first, so the result equals a full sort's.
-    cs, ci: scratch of len(s).
-    """
-    p_top = out_s.shape[0]
+def floor_at_least(s, p):
+    """A value t with at least p finite entries of s >= t (every finite one when fewer),
+    close below the p-th largest: bisection on the values, one vectorised count a step,
+    until at most p + max(8, p/4) pass. -inf entries (padding columns) never count.
+    Any such t lets a compaction of s >= t keep the exact top p."""
     n = s.shape[0]
     hi = s[0]
     lo = np.float32(np.inf)
@@ -171,22 +166,40 @@ def _row_topk(s, out_s, out_i, cs, ci):
         hi = max(hi, s[j])
         if s[j] > -np.inf:
             lo = min(lo, s[j])
-    most = p_top + max(8, p_top // 4)
+    if p == 1:
+        return hi                            # the largest itself
+    most = p + max(8, p // 4)
     t = lo                                   # count(>= lo) = every finite score
-    if lo < np.inf and hi < np.inf and _count_ge(s, hi) < p_top:
+    if lo < np.inf and hi < np.inf and _count_ge(s, hi) < p:
         # Invariant: count(>= lo) >= p, count(>= hi) < p.
         for _ in range(ASSIGN_TOPK_CUT_STEPS):
             mid = np.float32(0.5 * (np.float64(lo) + np.float64(hi)))
             if mid == lo or mid == hi:
                 break
             c = _count_ge(s, mid)
-            if c < p_top:
+            if c < p:
                 hi = mid
             else:
                 lo = mid
                 if c <= most:
                     break
         t = lo
+    return t
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _row_topk(s, out_s, out_i, cs, ci):
+    """Sorted top-p (score desc, index asc) of one row of scores ``s``; p = len(out_s).
+
+    A score t with p <= #{s >= t} <= p + slack is found by bisection on the values
+    (``floor_at_least``), the scores >= t are compacted without branches, and only
+    those few are insertion-sorted. Ties at t keep every tied entry, and the stable
+    insertion keeps lower indices first, so the result equals a full sort's.
+    cs, ci: scratch of len(s).
+    """
+    p_top = out_s.shape[0]
+    n = s.shape[0]
+    t = floor_at_least(s, p_top)
     w = 0
     for j in range(n):
         v = s[j]

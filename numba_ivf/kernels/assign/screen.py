@@ -38,6 +38,7 @@ from numba import njit, prange
 from ..._config import (FASTMATH, SCREEN_ABS_SLACK, SCREEN_MIN_D, SCREEN_MIN_K,
                        SCREEN_MR, SCREEN_NR, SCREEN_SLACK, SCREEN_TILE_BYTES)
 from ..common.topk import insert_best
+from .assign import floor_at_least
 from ._i8kernel import dot_block_portable, dot_block_u8s8, has_vnni
 
 __all__ = ["KERNELS", "ScreenPanels", "default_kernel", "prepare_screen", "screened_topk",
@@ -122,55 +123,17 @@ def _intervals(srow, sx, xr, xh, xn, coef, lo, up):
         up[c] = a + b
 
 
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _count_ge(v, t):
-    n = 0
-    for j in range(v.shape[0]):
-        n += np.int64(v[j] >= t)
-    return n
-
-
-@njit(nogil=True, cache=True)
-def _floor_p(lo, p):
-    """A t with at least p of lo >= t, close below the p-th largest: bisection on the
-    values until at most p + p/4 + 8 pass (any such t keeps the result exact; a lower
-    one only adds candidates)."""
-    k = lo.shape[0]
-    t = lo[0]
-    top = lo[0]
-    for j in range(k):
-        t = min(t, lo[j])
-        top = max(top, lo[j])
-    if p >= k:
-        return t
-    if p == 1:                       # the largest lower bound itself
-        return top
-    most = p + p // 4 + 8
-    for _ in range(60):              # count(>= t) >= p, count(>= top) < p or top = max
-        mid = np.float32(0.5 * (np.float64(t) + np.float64(top)))
-        if mid <= t or mid >= top:
-            break
-        c = _count_ge(lo, mid)
-        if c >= p:
-            t = mid
-            if c <= most:
-                break
-        else:
-            top = mid
-    return t
-
-
 @njit(nogil=True, cache=True)
 def select_row(srow, x, sx, xr, xh, xn2, coef, bias64, cent, l2,
                lo, up, cf, ci, bs, bi, out_s, out_i):
     """Exact top-p (p = len(out_s)) of one row from its int32 screen ``srow`` (kp,):
-    the intervals, a floor t under the p-th largest lower bound, and the float64
-    re-score of every centroid whose upper bound reaches t, best p of them by (score
-    desc, index asc). Scratch: lo, up (k,) float32, cf (k,) float64, ci (k,) int64,
+    the intervals, a floor t that at least p lower bounds reach
+    (``assign.floor_at_least``), and the float64 re-score of every centroid whose upper
+    bound reaches t, best p of them by (score desc, index asc). Scratch: lo, up (k,) float32, cf (k,) float64, ci (k,) int64,
     bs (p,) float64, bi (p,) int64."""
     p = out_s.shape[0]
     _intervals(srow, sx, xr, xh, np.sqrt(xn2), coef, lo, up)
-    t = _floor_p(lo, p)
+    t = floor_at_least(lo, p)
     w = 0
     for c in range(lo.shape[0]):     # candidates, in index order, without branches
         ci[w] = c
