@@ -345,17 +345,25 @@ def _cut(rd, n, lo_count, hi_count):
 @njit(nogil=True, cache=True, fastmath=_FM)
 def _keep_le(rd, ri, rr, n, t):
     """Keep the entries with key <= t (in order, branch-free); returns (count, the
-    largest kept key)."""
+    largest kept key).
+
+    Each entry's three values are loaded before any is stored, and the largest kept key
+    is a pass of its own: with a store between the loads (which Numba cannot prove do
+    not alias) and the max in the same loop, a cut of 160 entries took 4.7x as long
+    (0.82 vs 0.17 us here), and cuts were most of a glove one-query scan's lane time.
+    """
     w = 0
-    top = np.float32(-np.inf)
     for j in range(n):
         d = rd[j]
-        keep = d <= t
+        i = ri[j]
+        r = rr[j]
         rd[w] = d
-        ri[w] = ri[j]
-        rr[w] = rr[j]
-        top = max(top, d if keep else np.float32(-np.inf))
-        w += np.int64(keep)
+        ri[w] = i
+        rr[w] = r
+        w += np.int64(d <= t)
+    top = np.float32(-np.inf)
+    for j in range(w):
+        top = max(top, rd[j])
     return w, top
 
 
