@@ -499,8 +499,8 @@ def test_one_query_kernel_declines_bad_and_big_queries(data, count_one_query_cal
     with pytest.raises(TypeError, match="k_factor must be an integer"):
         idx.search(data[1][0], 3, nprobe=2, k_factor=2.0)
     assert len(count_one_query_calls) == 1          # not even tried
-    # Lists long enough to split over threads: the kernel declines after its coarse
-    # step and the general path answers, with the same results as the "single" plan.
+    # Lists long enough to split over threads: the 4-bit kernel splits its scan itself
+    # (fastscan_single), with the same results as the general path's "single" plan.
     monkeypatch.setattr(pqmod, "PQ_SINGLE_MIN_ROWS", 1)
     with numba_ivf.threads(2):
         D, I = idx.search(data[1][1], 6, nprobe=4, k_factor=2)
@@ -508,6 +508,35 @@ def test_one_query_kernel_declines_bad_and_big_queries(data, count_one_query_cal
     np.testing.assert_array_equal(I, ref[1])
     np.testing.assert_array_equal(D, ref[0])
     assert len(count_one_query_calls) == 2
+
+
+@pytest.mark.parametrize("metric,by_residual", [("l2", True), ("ip", True),
+                                               ("l2", False)])
+@pytest.mark.parametrize("runs_per_thread", [1, 3, 64])
+def test_fastscan_single_runs_equal_serial(metric, by_residual, runs_per_thread, data,
+                                           monkeypatch):
+    # The one-query plan interleaves the probes over runs, each into its own reservoir
+    # (its own admission key and floor skips), then merges: the serial scan's top-k, to
+    # the bit, for any number of runs (64 per thread: more runs than probes), filtered
+    # or not, one query inside the fused kernel or several through the general path.
+    import numba_ivf.ivf.pq as pqmod
+    idx, _, ids = _filled(4, metric, by_residual, refine=False, n=700)
+    q = data[1][:4]
+    allowed = np.zeros(int(ids.max()) + 1, dtype=bool)
+    allowed[ids[::3]] = True
+    refs = [idx.search(q, 9, nprobe=NLIST, path="serial"),
+            idx.search(q, 9, nprobe=NLIST, path="serial", filter=allowed)]
+    monkeypatch.setattr(pqmod, "IVF_SINGLE_RUNS_PER_THREAD", runs_per_thread)
+    monkeypatch.setattr(pqmod, "PQ_SINGLE_MIN_ROWS", 1)
+    with numba_ivf.threads(2):
+        for flt, (Dr, Ir) in zip((None, allowed), refs):
+            D, I = idx.search(q, 9, nprobe=NLIST, path="single", filter=flt)
+            np.testing.assert_array_equal(I, Ir)
+            np.testing.assert_array_equal(D, Dr)
+            for i in range(len(q)):
+                D1, I1 = idx.search(q[i], 9, nprobe=NLIST, filter=flt)
+                np.testing.assert_array_equal(I1[0], Ir[i])
+                np.testing.assert_array_equal(D1[0], Dr[i])
 
 
 @pytest.mark.parametrize("nbits", [8, 4])

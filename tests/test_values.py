@@ -286,13 +286,14 @@ def test_fastscan_scans_survive_any_values(fastscan_indexes):
             for base_val in (0.0, 3e38, np.inf, np.nan):
                 base, kind, term, use_term = idx._table_spec(
                     np.full((2, 4), base_val, dtype=np.float32))
-                for fn in (fs.fastscan_single, fs.fastscan_batch, fs.fastscan_serial):
+                for fn, extra in ((fs.fastscan_single, (3,)), (fs.fastscan_batch, ()),
+                                  (fs.fastscan_serial, ())):
                     keys = np.empty((2, 5), np.float32)
                     ids = np.empty((2, 5), np.int64)
                     rows = np.empty((2, 5), np.int64)
                     fn(L.payload["codes"], L.ids, L.starts, L.sizes, probes,
                        *no_filter(), base, q, idx.pq.codebooks_t, kind, term, use_term,
-                       keys, ids, rows, True, fastscan.BACKEND)
+                       keys, ids, rows, True, fastscan.BACKEND, *extra)
                     assert set(ids.ravel().tolist()) <= valid
 
 

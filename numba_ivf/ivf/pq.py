@@ -525,11 +525,14 @@ class IVFPQ(IVFBase):
             return None
         from ..kernels.fastscan import fastscan_search as fs
         base, kind, term, use_term = self._table_spec(scores)
-        fn = {"single": fs.fastscan_single, "batch": fs.fastscan_batch,
-              "serial": fs.fastscan_serial}[path]
         rows = np.empty(keys.shape, dtype=np.int64)
-        fn(codes, L.ids, L.starts, L.sizes, probes, *flt, base, q, self._pq.codebooks_t,
-           kind, term, use_term, keys, ids, rows, not self._refine, backend)
+        args = (codes, L.ids, L.starts, L.sizes, probes, *flt, base, q,
+                self._pq.codebooks_t, kind, term, use_term, keys, ids, rows,
+                not self._refine, backend)
+        if path == "single":
+            fs.fastscan_single(*args, IVF_SINGLE_RUNS_PER_THREAD * _n_threads())
+        else:
+            (fs.fastscan_batch if path == "batch" else fs.fastscan_serial)(*args)
         return rows
 
     def _refine_exact(self, q, keys, ids, k, serial=False, rows=None):
