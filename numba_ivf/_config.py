@@ -149,6 +149,11 @@ IVF_SINGLE_MIN_RUN = 2048
 # of the tiled kernel, whose register block is built for many rows at a time (for one
 # query it computes MR rows, MR-1 of them thrown away).
 IVF_COARSE_SCAN_MAX_QUERIES = 4
+# The coarse step of those few queries keeps its nprobe best lists with a heap up to
+# this many, and with a bisection cut on the keys beyond (list_scan._select_lists;
+# measured at glove-50's 1265 lists, 200 queries: heap 2.5 / 12.6 us at 8 / 64 lists,
+# the cut 3.8 / 4.3 us).
+COARSE_SELECT_HEAP_MAX_P = 8
 IVF_SINGLE_RUNS_PER_THREAD = 2
 # One query per call (IVFFlat.search with one row): the fused kernel splits its coarse
 # step (by ranges of centroids) and its scan (by runs of rows) over threads when every

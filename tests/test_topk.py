@@ -128,3 +128,24 @@ def test_merge_topk_checks_shapes():
     d, i = merge_topk(np.array([[[3.0, 1.0], [2.0, np.inf]]]),
                       np.array([[[7, 9], [4, -1]]]), 3)
     np.testing.assert_array_equal(i, [[9, 4, 7]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 700), p=st.integers(1, 300),
+       distinct=st.sampled_from([3, 40, 10**6]), special=st.booleans())
+def test_coarse_list_selection_equals_sorting(seed, n, p, distinct, special):
+    # _select_lists: a heap up to COARSE_SELECT_HEAP_MAX_P lists, a bisection cut and a
+    # stable insertion beyond; both must give the sort's (key, index) order, ties to
+    # the lower list, NaN never chosen, +inf last, padding (inf, ID_SENTINEL).
+    from numba_ivf.kernels.scan.list_scan import _select_lists
+    from tests.naive.search import smallest
+    rng = np.random.default_rng(seed)
+    s = (rng.integers(0, distinct, n) / 7.0 - 3.0).astype(np.float32)
+    if special:
+        s[rng.integers(0, n, max(1, n // 5))] = rng.choice([np.nan, np.inf, -0.0, 0.0])
+    pd = np.empty(p, np.float32)
+    pl = np.empty(p, np.int64)
+    _select_lists(np.concatenate([s, np.zeros(5, np.float32)]), n, pd, pl)  # padding cols
+    ref_d, ref_i = smallest(s, p, ID_SENTINEL)
+    np.testing.assert_array_equal(pl, ref_i)
+    np.testing.assert_array_equal(pd, ref_d.astype(np.float32))

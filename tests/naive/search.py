@@ -42,3 +42,13 @@ def brute_force(x, ids, q, k, metric):
             else:
                 D[qi, j] = math.inf if metric == "l2" else -math.inf
     return D, I
+
+
+def smallest(scores, p, sentinel):
+    """The p smallest non-NaN keys of ``scores`` (1-D), by (key, index), as (keys
+    float64, indices int64), padded with (inf, sentinel): the coarse step's list
+    selection."""
+    live = [(float(v), j) for j, v in enumerate(scores) if not math.isnan(float(v))]
+    live.sort()
+    live = live[:p] + [(math.inf, sentinel)] * (p - min(p, len(live)))
+    return (np.array([v for v, _ in live]), np.array([j for _, j in live], dtype=np.int64))

@@ -31,11 +31,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..._config import FASTMATH, VALUE_LIMIT_FACTOR
+from ..._config import COARSE_SELECT_HEAP_MAX_P, FASTMATH, VALUE_LIMIT_FACTOR
+from ..assign.assign import floor_at_least
 from ..filtering._bits import (MODE_ALL, MODE_DENSE, MODE_SKIP, is_filtered, list_mode,
                                lowest_bit)
 from ._rowkeys import key1_ip, key1_l2, keys4_ip, keys4_l2, panelkeys_ip, panelkeys_l2
-from ..common.topk import heap_init, heap_push, heap_sort, merge_one, to_faiss
+from ..common.topk import (ID_SENTINEL, heap_init, heap_push, heap_sort, insert_best,
+                           merge_one, to_faiss)
 from ..filtering.filter_bits import _trim_one
 
 __all__ = ["METRIC_L2", "METRIC_IP", "scan_batch", "scan_serial", "scan_list_major",
@@ -368,13 +370,50 @@ def _coarse_scores(qf, panels, metric, out, p0):
 
 @njit(nogil=True, cache=True, fastmath=_FM)
 def _select_lists(scores, nlist, pd, pl):
-    """The len(pd) smallest of scores[:nlist], best first (ties to the lower list),
-    into (pd, pl)."""
-    heap_init(pd, pl)
+    """The p = len(pd) smallest of scores[:nlist], best first (ties to the lower list),
+    into (pd, pl); NaN keys are never taken, and (inf, ID_SENTINEL) pads.
+
+    Up to COARSE_SELECT_HEAP_MAX_P lists a heap; beyond, the tiled kernel's cut
+    (``assign.floor_at_least`` on the negated keys: bisection to a key that at least p
+    and at most p + max(8, p / 4) keys pass), a branch-free compaction and a stable
+    insertion of the few that pass (``topk.insert_best``). At glove-50's 1265 lists the
+    heap took 12.6 / 26 / 52 us for 64 / 128 / 256 lists (a third of a one-query 4-bit
+    search) and the cut 4.3 / 7.3 / 17.5 us; at 8 lists 2.5 against 3.8 us.
+    """
+    p = pd.shape[0]
+    if p <= COARSE_SELECT_HEAP_MAX_P:
+        heap_init(pd, pl)
+        for j in range(nlist):
+            if scores[j] <= pd[0]:
+                heap_push(pd, pl, scores[j], j)
+        heap_sort(pd, pl)
+        return
+    neg = np.empty(nlist, dtype=np.float32)
     for j in range(nlist):
-        if scores[j] <= pd[0]:
-            heap_push(pd, pl, scores[j], j)
-    heap_sort(pd, pl)
+        neg[j] = -scores[j]
+    t = floor_at_least(neg, p)
+    cs = np.empty(nlist, dtype=np.float32)
+    ci = np.empty(nlist, dtype=np.int64)
+    w = 0
+    for j in range(nlist):
+        v = neg[j]
+        cs[w] = v
+        ci[w] = j
+        w += np.int64(v >= t and v > -np.inf)    # NaN and +inf keys do not pass
+    m = insert_best(cs, ci, w, pd, pl)
+    for r in range(m):
+        pd[r] = -pd[r]
+    # Fewer than p finite keys: +inf keys next, by list, as the heap takes them.
+    for j in range(nlist):
+        if m == p:
+            break
+        if scores[j] == np.inf:
+            pd[m] = np.inf
+            pl[m] = j
+            m += 1
+    for r in range(m, p):
+        pd[r] = np.inf
+        pl[r] = ID_SENTINEL
 
 
 @njit(nogil=True, cache=True, fastmath=_FM)
