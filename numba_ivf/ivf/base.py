@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 
-import numba
 import numpy as np
 
+from .._threads import get_num_threads
 from .._config import (FILTER_BITMAP_MAX_BYTES, FILTER_EXACT_GATHER_MIN_QUERIES,
                        FILTER_EXACT_ROWS_PER_LIST, FILTER_MIN_CANDIDATES_FACTOR,
                        IVF_COARSE_SCAN_MAX_QUERIES)
@@ -91,7 +91,7 @@ def removal_ids(ids) -> np.ndarray:
 
 
 def _n_threads() -> int:
-    return int(numba.get_num_threads())
+    return get_num_threads()
 
 
 class IVFBase:

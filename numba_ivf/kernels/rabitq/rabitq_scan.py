@@ -39,7 +39,7 @@ from ..fastscan._lutquant import quantize_rows1
 from ..fastscan.fastscan import block_sums_below, check_block_operands
 from ..fastscan.fastscan_search import list_lanes
 from ..scan._rowkeys import lowest_bit
-from ..common.topk import ID_SENTINEL, _sift3, _worse, res_finish
+from ..common.topk import ID_SENTINEL, _sift3, _worse
 
 __all__ = ["build_table", "quantize_table", "rabitq_batch", "rabitq_serial", "scan_list"]
 
