@@ -14,7 +14,8 @@ import numpy as np
 
 from .._config import (IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
                        PQ_ENCODE_BLOCK_ROWS, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
-                       PQ_SINGLE_MIN_ROWS, PQ_TRAIN_MAX_POINTS_PER_CENTROID)
+                       PQ4_SINGLE_BYTES_PER_ROW, PQ_SINGLE_MIN_ROWS,
+                       PQ_TRAIN_MAX_POINTS_PER_CENTROID)
 from .._validation import check_choice, check_int
 from ..pq import ProductQuantizer, check_pq_shape
 from ._lists import InvertedLists
@@ -349,7 +350,7 @@ class IVFPQ(IVFBase):
         L = self._lists
         c = self._one_query_consts()
         threads = _n_threads()
-        max_rows = PQ_SINGLE_MIN_ROWS * threads if threads > 1 else 1 << 62
+        max_rows = self._split_rows(threads)
         if self._refine:
             data = L.payload["data"]
             # The 4-bit scan keeps its candidates' rows; 8-bit looks the ids up.
@@ -404,7 +405,7 @@ class IVFPQ(IVFBase):
         # value: capped at n_allowed + 1 it means the same and fits the kernel's int64.
         need = min(need, n_allowed + 1)
         threads = _n_threads()
-        max_rows = PQ_SINGLE_MIN_ROWS * threads if threads > 1 else 1 << 62
+        max_rows = self._split_rows(threads)
         if self._refine:
             data = L.payload["data"]
             idmap = L.map_arrays() if self._nbits == 8 else c["no_map"]
@@ -480,12 +481,24 @@ class IVFPQ(IVFBase):
         fn(q, cbt, kind, qluts)
         return base, qluts, term, use_term
 
+    def _split_rows(self, threads: int) -> int:
+        """Probed rows from which a query's scan is split over ``threads`` threads
+        (``PQ_SINGLE_MIN_ROWS`` per thread; 4-bit: scaled to the packed bytes of a row,
+        ``PQ4_SINGLE_BYTES_PER_ROW``)."""
+        if threads <= 1:
+            return 1 << 62
+        per = PQ_SINGLE_MIN_ROWS
+        if self._nbits == 4:
+            per = PQ_SINGLE_MIN_ROWS * PQ4_SINGLE_BYTES_PER_ROW // ((self._m + 1) // 2)
+        return per * threads
+
     def _choose_path(self, nq: int, probes: np.ndarray) -> str:
-        if nq >= _n_threads():
+        threads = _n_threads()
+        if nq >= threads:
             return "batch"
         rows = int(self._lists.sizes[probes[probes >= 0]].sum())
         # Waking the other threads costs more than scanning a few thousand codes.
-        return "single" if rows >= PQ_SINGLE_MIN_ROWS * _n_threads() else "serial"
+        return "single" if rows >= self._split_rows(threads) else "serial"
 
     def _scan(self, path, q, scores, probes, keys, ids, backend, serial, flt=None):
         """Fill (keys, ids); returns the candidates' arena rows (4-bit) or None.
