@@ -555,3 +555,35 @@ def test_one_query_kernel_with_split_coarse_step_equals_batch(nbits, data, monke
             np.testing.assert_array_equal(I, refs[i][1])
             np.testing.assert_array_equal(D, refs[i][0])
     assert len(count_one_query_calls) == 5
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_one_query_plan_follows_mutation_threads_and_pickle(nbits, data):
+    # The fused kernel's arguments are cached per index (IVFPQ._one_plan): every add,
+    # remove, thread count and pickle round trip must give the general path's answer.
+    import pickle
+    idx, x, ids = _filled(nbits, "l2", refine=True, n=700)
+    q = data[1][:3]
+
+    def check():
+        for i in range(len(q)):
+            D1, I1 = idx.search(q[i], 6, nprobe=3, k_factor=2)
+            D, I = idx.search(q[i:i + 1], 6, nprobe=3, k_factor=2, path="serial")
+            np.testing.assert_array_equal(I1, I)
+            np.testing.assert_array_equal(D1, D)
+
+    check()
+    assert "_one_plan_cache" in idx.__dict__
+    idx.add(x[:300] + 0.01, ids=ids.max() + 1 + np.arange(300))
+    assert "_one_plan_cache" not in idx.__dict__      # dropped, so arenas resize in place
+    check()
+    idx.remove(ids[::2])
+    check()
+    with numba_ivf.threads(1):
+        check()
+    check()
+    idx2 = pickle.loads(pickle.dumps(idx))
+    assert "_one_plan_cache" not in idx2.__dict__
+    for i in range(len(q)):
+        np.testing.assert_array_equal(idx2.search(q[i], 6, nprobe=3, k_factor=2)[1],
+                                      idx.search(q[i], 6, nprobe=3, k_factor=2)[1])

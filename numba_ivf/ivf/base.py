@@ -118,6 +118,7 @@ class IVFBase:
     def __getstate__(self):
         state = self.__dict__.copy()
         del state["_rw"]
+        state.pop("_one_plan_cache", None)     # a cache holding kernels and list arrays
         return state
 
     def __setstate__(self, state):
@@ -294,6 +295,9 @@ class IVFBase:
                                  f"(position {bad}) is. remove() it first.")
         if n == 0:
             return
+        # The one-query plan holds the list arrays: while it does, numpy cannot resize
+        # them in place (refcheck) and the arena would be copied.
+        self.__dict__.pop("_one_plan_cache", None)
         if self._metric == "cosine":
             x = normalize_rows(x)
         _, labels = self._coarse(x, 1)

@@ -345,29 +345,54 @@ class IVFPQ(IVFBase):
 
     def _search_one(self, q, k, nprobe, k_factor):
         """One query in one kernel call (``kernels.scan.pq_one``); None if q holds NaN, inf or
-        a value beyond the value limit (the general path raises) or its lists are long
-        enough to split."""
+        a value beyond the value limit (the general path raises), or (8-bit) its lists
+        are long enough to split."""
+        plan = self._one_plan()
+        out_d = np.empty((1, k), dtype=np.float32)
+        out_i = np.empty((1, k), dtype=np.int64)
+        kernel, done, pre, mid, post, tail = plan[-6:]
+        status = kernel(q, *pre, nprobe, *mid, k * k_factor if self._refine else k, *post,
+                        out_d, out_i, *tail)
+        return (out_d, out_i) if status == done else None
+
+    def _one_plan(self) -> tuple:
+        """The one-query kernel and its arguments but the query's own (q, nprobe, kk,
+        outputs), cached: assembling them per call (attribute reads, the constants, the
+        thread count's bounds) cost ~6 us of a ~24 us glove-50 search at nprobe 1.
+        Valid while the lists object, its version (bumped by every add and remove), its
+        arrays, the prepared centroids, the thread count and the tunables are the ones
+        it was built for; ``add`` drops it (its references would stop numpy resizing the arenas in
+        place) and pickling leaves it out."""
         L = self._lists
+        # The module's tunables too, so that a test's monkeypatch is seen.
+        tune = (_n_threads(), IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
+                PQ_SINGLE_MIN_ROWS, PQ4_SINGLE_BYTES_PER_ROW)
+        plan = self.__dict__.get("_one_plan_cache")
+        codes = L.payload["codes"]
+        if (plan is not None and plan[0] is L and plan[1] == L.version
+                and plan[2] is self._prepared and plan[3] == tune and plan[4] is L.ids
+                and plan[5] is codes and plan[6] is L.starts and plan[7] is L.sizes
+                and plan[8] is L.payload.get("data")):
+            return plan
+        threads = tune[0]
         c = self._one_query_consts()
-        threads = _n_threads()
-        max_rows = self._split_rows(threads)
         if self._refine:
             data = L.payload["data"]
             # The 4-bit scan keeps its candidates' rows; 8-bit looks the ids up.
             idmap = L.map_arrays() if self._nbits == 8 else c["no_map"]
         else:
             data, idmap = c["no_data"], c["no_map"]
-        out_d = np.empty((1, k), dtype=np.float32)
-        out_i = np.empty((1, k), dtype=np.int64)
         pq_one = _pq_one()
         kernel = pq_one.adc_search_one if self._nbits == 8 else pq_one.fastscan_search_one
-        status = kernel(q, c["unit"], self._prepared.panels, c["coarse_metric"],
-                        IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD * threads, nprobe,
-                        self._by_residual, max_rows, L.payload["codes"], L.ids, L.starts,
-                        L.sizes, self._pq.codebooks_t, c["kind"], c["term"], c["use_term"],
-                        k * k_factor if self._refine else k, self._refine, data, *idmap,
-                        c["l2"], out_d, out_i, *c["backend"])
-        return (out_d, out_i) if status == pq_one.DONE else None
+        pre = (c["unit"], self._prepared.panels, c["coarse_metric"], IVF_ONE_QUERY_MIN_RUN,
+               IVF_SINGLE_RUNS_PER_THREAD * threads)
+        mid = (self._by_residual, self._split_rows(threads), codes, L.ids, L.starts,
+               L.sizes, self._pq.codebooks_t, c["kind"], c["term"], c["use_term"])
+        post = (self._refine, data, *idmap, c["l2"])
+        plan = (L, L.version, self._prepared, tune, L.ids, codes, L.starts, L.sizes,
+                L.payload.get("data"), kernel, pq_one.DONE, pre, mid, post, c["backend"])
+        self.__dict__["_one_plan_cache"] = plan
+        return plan
 
     def _search_one_filtered(self, q, k, nprobe, k_factor, filter, min_candidates,
                              max_nprobe):
