@@ -259,6 +259,7 @@ class IVFBase:
         centroids = np.ascontiguousarray(km.centroids, dtype=np.float32)
         prepared = prepare_centroids(centroids, self._metric == "l2")
         rest = self._train_rest(x, centroids, prepared)
+        self.__dict__.pop("_one_plan_cache", None)      # built for the old quantizer
         self._set_centroids(centroids, prepared)
         for name, value in rest.items():
             setattr(self, name, value)

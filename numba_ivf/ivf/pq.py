@@ -358,11 +358,12 @@ class IVFPQ(IVFBase):
     def _one_plan(self) -> tuple:
         """The one-query kernel and its arguments but the query's own (q, nprobe, kk,
         outputs), cached: assembling them per call (attribute reads, the constants, the
-        thread count's bounds) cost ~6 us of a ~24 us glove-50 search at nprobe 1.
-        Valid while the lists object, its version (bumped by every add and remove), its
-        arrays, the prepared centroids, the thread count and the tunables are the ones
-        it was built for; ``add`` drops it (its references would stop numpy resizing the arenas in
-        place) and pickling leaves it out."""
+        thread count's bounds) cost ~1.5 us of a ~25 us glove-50 search at nprobe 1
+        (interleaved A/B in one process). Valid while the lists object, its version
+        (bumped by every add and remove), its arrays, the prepared centroids, the
+        thread count and the tunables are the ones it was built for; ``add`` and
+        ``train`` drop it (its references would stop numpy resizing the arenas in
+        place, or keep replaced lists alive) and pickling leaves it out."""
         L = self._lists
         # The module's tunables too, so that a test's monkeypatch is seen.
         tune = (_n_threads(), IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,

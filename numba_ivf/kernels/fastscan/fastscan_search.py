@@ -322,9 +322,9 @@ def _scan_lists(packed, ids, starts, sizes, probes_q, fb, fc, base_q, qlut, term
 def _scan_range(packed, ids, starts, sizes, probes_q, p0, p1, step, fb, fc, base_q, qlut,
                 term, use_term, lo, bias, scale, lut_u8, acc, rd, ri, rr, k, backend):
     """Probes p0, p0 + step, ... (< p1) of one query into an empty reservoir (rd, ri,
-    rr); returns its entries. The table is quantized: ``lut_u8`` with ``bias`` unless use_term, where
-    each list's table is quantized here with the query's shared ``scale`` and row
-    minima ``lo[p]`` (``query_scale``)."""
+    rr); returns its entries. Unless use_term, ``lut_u8`` and ``bias`` are the query's
+    quantized table; with it, each list's table is quantized here with the query's
+    shared ``scale`` and row minima ``lo[p]`` (``query_scale``)."""
     nres = 0
     thr = np.float32(np.inf)
     block_bytes = packed.shape[1] * 32

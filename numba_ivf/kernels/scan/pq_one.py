@@ -71,8 +71,8 @@ _FM = set(FASTMATH)
 def _prologue(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by_residual,
               sizes, max_rows, codebooks_t, kind):
     """Steps 1-3: (status, qf, base, lists, qlut), the prepared row, the probed lists'
-    keys and indices and the query's (m, ksub) table; DONE and TOO_BIG fill them all
-    (TOO_BIG: the probed lists hold ``max_rows`` codes or more)."""
+    keys and indices and the query's (m, ksub) table; DONE fills them all, TOO_BIG (the
+    probed lists hold ``max_rows`` codes or more) all but the table."""
     m, _, ksub = codebooks_t.shape
     qf = np.empty(q.shape[0], dtype=np.float32)
     base = np.empty(nprobe, dtype=np.float32)
@@ -88,8 +88,10 @@ def _prologue(q, unit, panels, coarse_metric, min_run, max_runs, nprobe, by_resi
         rows += sizes[lists[p]]
     if not by_residual:
         base[:] = 0.0
+    if rows >= max_rows:
+        return TOO_BIG, qf, base, lists, qlut
     query_table(qf, codebooks_t, kind, qlut)
-    return (TOO_BIG if rows >= max_rows else DONE), qf, base, lists, qlut
+    return DONE, qf, base, lists, qlut
 
 
 @njit(nogil=True, cache=True, fastmath=_FM)
