@@ -297,13 +297,19 @@ def get_num_threads() -> int:
     # Once the pool runs, its own getter (a C call, ~0.15 us): numba.get_num_threads()
     # first takes Numba's process-wide and thread init locks, ~1.2 us of a ~25 us
     # one-query search. Before that, or if Numba's internals change, the public call.
-    if getattr(_parallel, "_is_initialized", False):
-        getter = getattr(_parallel, "_get_num_threads", None)
+    if _parallel._is_initialized:
+        getter = _POOL_GETTER[0]
+        if getter is None:
+            getter = _POOL_GETTER[0] = getattr(_parallel, "_get_num_threads", None)
         if getter is not None:
             n = getter()
             if n > 0:
                 return n
     return int(numba.get_num_threads())
+
+
+# The running pool's C getter, looked up once (two getattr calls per search otherwise).
+_POOL_GETTER = [None]
 
 
 @contextlib.contextmanager

@@ -587,3 +587,53 @@ def test_one_query_plan_follows_mutation_threads_and_pickle(nbits, data):
     for i in range(len(q)):
         np.testing.assert_array_equal(idx2.search(q[i], 6, nprobe=3, k_factor=2)[1],
                                       idx.search(q[i], 6, nprobe=3, k_factor=2)[1])
+
+
+@pytest.mark.parametrize("nbits", [8, 4])
+def test_one_query_entry_points_by_query_type(nbits, data):
+    # The one-query plan calls the kernel's compiled entry point, one per query type
+    # (dtype, writeable, aligned: ``_dispatch.row_key``), found on the first call of
+    # that type through the dispatcher. Each must give the batch path's bits; a type
+    # it has not seen goes through the dispatcher first, never an entry point of
+    # another type.
+    from numba_ivf._dispatch import row_key
+    idx, _, _ = _filled(nbits, "l2", refine=True, n=700)
+    q = data[1][:3]
+    ro = q.copy()
+    ro.flags.writeable = False
+    buf = np.zeros(q.nbytes + 1, dtype=np.uint8)
+    unaligned = np.frombuffer(buf[1:].data, dtype=np.float32).reshape(q.shape)
+    unaligned[...] = q
+    assert not unaligned.flags.aligned
+    rows = [q, q.astype(np.float64), ro, unaligned, q]
+    keys = {row_key(r[0]) for r in rows}
+    assert len(keys) == 4
+    for r in rows:
+        for i in range(len(q)):
+            D1, I1 = idx.search(r[i], 6, nprobe=3, k_factor=2)
+            D, I = idx.search(q[i:i + 1], 6, nprobe=3, k_factor=2, path="serial")
+            np.testing.assert_array_equal(I1, I)
+            np.testing.assert_array_equal(D1, D)
+    plan = idx._one_plan()
+    assert set(plan.calls) == keys
+    assert all(c is not plan.kernel for c in plan.calls.values())   # entry points
+    assert row_key(q[0].astype(np.float16)) is None
+    assert row_key(q[:, ::2][0]) is None               # not C-contiguous
+
+
+def test_compiled_entry_matches_dispatch():
+    from numba import njit
+
+    from numba_ivf._dispatch import compiled_entry
+
+    @njit
+    def f(a, n):
+        return a.sum() * n
+
+    a = np.arange(5, dtype=np.float32)
+    assert f(a, 2) == 20.0
+    ep = compiled_entry(f, (a, 2))
+    assert ep is not f and ep(a, 3) == 30.0
+    assert compiled_entry(f, (a.astype(np.float64), 2)) is f     # no such overload
+    assert compiled_entry(f, (object(), 2)) is f                  # untypable
+    assert compiled_entry(len, (a,)) is len                       # not a dispatcher

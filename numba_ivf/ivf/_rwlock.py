@@ -29,7 +29,16 @@ _LOCKS: "weakref.WeakSet[RWLock]" = weakref.WeakSet()
 
 class RWLock:
     """Writer-preferring readers-writer lock (not re-entrant: no index method that
-    takes it calls another one that does)."""
+    takes it calls another one that does).
+
+    A reader's way in and out takes no lock while no writer is inside or waiting: it
+    appends to (and pops from) the list of readers inside, one atomic operation each,
+    then reads ``_blocked``; a writer sets ``_blocked`` under the condition's lock and
+    then waits for that list to empty. Either the reader sees the flag (and backs out
+    to wait) or the writer sees the reader (and waits for it): the two steps of each
+    are ordered by the interpreter lock. A plain-lock reader count cost ~0.47 us per
+    search on this machine, ~0.1 us this way.
+    """
 
     def __init__(self):
         self._reset()
@@ -38,28 +47,29 @@ class RWLock:
     def _reset(self):
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
-        self._readers = 0          # threads inside a read section
+        self._inside = []          # one entry per reader inside the read section
+        self._blocked = False      # a writer is inside or waiting: readers must queue
         self._writer = False       # a thread is inside the write section
         self._writers_waiting = 0
 
-    # A search pays for one acquire and one release of a plain lock (~0.2 us each): the
-    # one-query path takes about 15 us, so the Condition is only used to wait.
     def acquire_read(self) -> None:
-        self._mutex.acquire()
-        if self._writer or self._writers_waiting:
-            self._mutex.release()
-            with self._cond:
-                while self._writer or self._writers_waiting:
-                    self._cond.wait()
-                self._readers += 1
-            return
-        self._readers += 1
-        self._mutex.release()
+        inside = self._inside
+        inside.append(None)
+        if self._blocked:
+            self._queue_reader(inside)
+
+    def _queue_reader(self, inside) -> None:
+        with self._cond:
+            inside.pop()
+            self._cond.notify_all()        # a waiting writer may have counted us
+            while self._blocked:
+                self._cond.wait()
+            inside.append(None)            # under the lock: no writer can slip in
 
     def release_read(self) -> None:
-        with self._mutex:
-            self._readers -= 1
-            if not self._readers and self._writers_waiting:
+        self._inside.pop()
+        if self._blocked:
+            with self._cond:
                 self._cond.notify_all()
 
     @contextlib.contextmanager
@@ -74,17 +84,23 @@ class RWLock:
     def write(self):
         with self._cond:
             self._writers_waiting += 1
+            self._blocked = True
             try:
-                while self._writer or self._readers:
+                while self._writer or self._inside:
                     self._cond.wait()
-            finally:
+            except BaseException:          # interrupted while waiting: let readers on
                 self._writers_waiting -= 1
+                self._blocked = self._writer or self._writers_waiting > 0
+                self._cond.notify_all()
+                raise
+            self._writers_waiting -= 1
             self._writer = True
         try:
             yield
         finally:
             with self._cond:
                 self._writer = False
+                self._blocked = self._writers_waiting > 0
                 self._cond.notify_all()
 
 

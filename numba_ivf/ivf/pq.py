@@ -16,11 +16,12 @@ from .._config import (IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
                        PQ_ENCODE_BLOCK_ROWS, PQ_REFINE_K_FACTOR, PQ_REFINE_K_FACTOR_MAX,
                        PQ4_SINGLE_BYTES_PER_ROW, PQ_SINGLE_MIN_ROWS,
                        PQ_TRAIN_MAX_POINTS_PER_CENTROID)
+from .._dispatch import compiled_entry, row_key
+from .._threads import get_num_threads, launch_guard
 from .._validation import check_choice, check_int
 from ..pq import ProductQuantizer, check_pq_shape
 from ._lists import InvertedLists
 from ._load import register_kind
-from ._rwlock import reading
 from .base import IVFBase, _n_threads
 
 __all__ = ["IVFPQ", "PQ_SEARCH_PATHS"]
@@ -39,6 +40,39 @@ def _pq_one():
 
 
 PQ_SEARCH_PATHS = ("auto", "batch", "single", "serial")
+
+
+class _OnePlan:
+    """What ``IVFPQ._search_one`` passes its kernel besides the query's own arguments,
+    for one state of the index (see ``IVFPQ._one_plan``), and the compiled entry points
+    found for each query type (``calls``; ``_dispatch``)."""
+
+    __slots__ = ("lists", "version", "prepared", "tune", "kernel", "done", "pre", "mid",
+                 "post", "tail", "calls")
+
+    def __init__(self, index: IVFPQ, L, tune: tuple):
+        threads = tune[0]
+        c = index._one_query_consts()
+        self.lists, self.version, self.prepared, self.tune = L, L.version, \
+            index._prepared, tune
+        if index._refine:
+            data = L.payload["data"]
+            # The 4-bit scan keeps its candidates' rows; 8-bit looks the ids up.
+            idmap = L.map_arrays() if index._nbits == 8 else c["no_map"]
+        else:
+            data, idmap = c["no_data"], c["no_map"]
+        pq_one = _pq_one()
+        self.kernel = pq_one.adc_search_one if index._nbits == 8 else \
+            pq_one.fastscan_search_one
+        self.done = pq_one.DONE
+        self.pre = (c["unit"], index._prepared.panels, c["coarse_metric"],
+                    IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD * threads)
+        self.mid = (index._by_residual, index._split_rows(threads), L.payload["codes"],
+                    L.ids, L.starts, L.sizes, index._pq.codebooks_t, c["kind"],
+                    c["term"], c["use_term"])
+        self.post = (index._refine, data, *idmap, c["l2"])
+        self.tail = c["backend"]
+        self.calls = {}
 
 
 def _check_bool(name, value) -> bool:
@@ -216,7 +250,6 @@ class IVFPQ(IVFBase):
             self._term = np.ascontiguousarray(term, dtype=np.float32)
         return self._term
 
-    @reading
     def search(self, q, k: int, nprobe: int = 1, *, k_factor: int | None = None,
                filter=None, min_candidates=None, max_nprobe=None, path: str = "auto",
                _backend=None):
@@ -260,16 +293,29 @@ class IVFPQ(IVFBase):
         batch, unless its probed lists are long enough to split over threads. So is one
         such row under a shared filter (``pq_one.*_search_one_filtered``).
         """
-        if path == "auto" and _backend is None and self.is_trained and filter is None \
+        # The read lock (``_rwlock.reading``) taken here: the decorator's *args/**kwargs
+        # forwarding cost ~0.7 us of a ~40 us one-query search.
+        guard = launch_guard()
+        lock = self._rw
+        lock.acquire_read()
+        try:
+            if guard is None:
+                return self._search(q, k, nprobe, k_factor, filter, min_candidates,
+                                    max_nprobe, path, _backend)
+            with guard:
+                return self._search(q, k, nprobe, k_factor, filter, min_candidates,
+                                    max_nprobe, path, _backend)
+        finally:
+            lock.release_read()
+
+    def _search(self, q, k, nprobe, k_factor, filter, min_candidates, max_nprobe, path,
+                _backend):
+        """``search`` under the read lock."""
+        if path == "auto" and _backend is None and filter is None \
                 and min_candidates is None and max_nprobe is None:
-            one = self._one_query(q, k, nprobe)
-            kf = PQ_REFINE_K_FACTOR if k_factor is None else k_factor
-            if (one is not None and type(kf) is int
-                    and 1 <= kf <= PQ_REFINE_K_FACTOR_MAX
-                    and (self._refine or k_factor is None)):
-                out = self._search_one(*one, kf)
-                if out is not None:
-                    return out
+            out = self._search_one(q, k, nprobe, k_factor)
+            if out is not None:
+                return out
         elif path == "auto" and _backend is None and filter is not None \
                 and self.is_trained:
             one = self._one_query(q, k, nprobe)
@@ -344,54 +390,68 @@ class IVFPQ(IVFBase):
         return self._finish(out_d, out_i)
 
     def _search_one(self, q, k, nprobe, k_factor):
-        """One query in one kernel call (``kernels.scan.pq_one``); None if q holds NaN, inf or
-        a value beyond the value limit (the general path raises), or (8-bit) its lists
-        are long enough to split."""
+        """One query in one kernel call (``kernels.scan.pq_one``), or None where the
+        general path must answer: q not one C-contiguous float32/float64 row of d
+        features ((d,) or (1, d)), k, nprobe or k_factor not plain ints in range, an
+        untrained index, q holding NaN, inf or a value beyond the value limit (the
+        general path raises), or (8-bit) probed lists long enough to split.
+
+        Everything here is per-call overhead of a ~40 us search, written for few
+        bytecodes: the plan (``_one_plan``) holds the kernel's other arguments and its
+        compiled entry points by the query's type (``_dispatch``: no argument typing)."""
+        if type(q) is not np.ndarray or type(k) is not int or type(nprobe) is not int \
+                or k < 1 or nprobe < 1:
+            return None
+        if k_factor is None:
+            kf = PQ_REFINE_K_FACTOR
+        elif type(k_factor) is int and 1 <= k_factor <= PQ_REFINE_K_FACTOR_MAX \
+                and self._refine:
+            kf = k_factor
+        else:
+            return None
+        if q.ndim == 2 and q.shape[0] == 1:
+            q = q[0]
         plan = self._one_plan()
+        if plan is None or q.ndim != 1 or q.shape[0] != self._d:
+            return None
+        key = row_key(q)
+        if key is None:
+            return None
         out_d = np.empty((1, k), dtype=np.float32)
         out_i = np.empty((1, k), dtype=np.int64)
-        kernel, done, pre, mid, post, tail = plan[-6:]
-        status = kernel(q, *pre, nprobe, *mid, k * k_factor if self._refine else k, *post,
-                        out_d, out_i, *tail)
-        return (out_d, out_i) if status == done else None
-
-    def _one_plan(self) -> tuple:
-        """The one-query kernel and its arguments but the query's own (q, nprobe, kk,
-        outputs), cached: assembling them per call (attribute reads, the constants, the
-        thread count's bounds) cost ~1.5 us of a ~25 us glove-50 search at nprobe 1
-        (interleaved A/B in one process). Valid while the lists object, its version
-        (bumped by every add and remove), its arrays, the prepared centroids, the
-        thread count and the tunables are the ones it was built for; ``add`` and
-        ``train`` drop it (its references would stop numpy resizing the arenas in
-        place, or keep replaced lists alive) and pickling leaves it out."""
-        L = self._lists
-        # The module's tunables too, so that a test's monkeypatch is seen.
-        tune = (_n_threads(), IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
-                PQ_SINGLE_MIN_ROWS, PQ4_SINGLE_BYTES_PER_ROW)
-        plan = self.__dict__.get("_one_plan_cache")
-        codes = L.payload["codes"]
-        if (plan is not None and plan[0] is L and plan[1] == L.version
-                and plan[2] is self._prepared and plan[3] == tune and plan[4] is L.ids
-                and plan[5] is codes and plan[6] is L.starts and plan[7] is L.sizes
-                and plan[8] is L.payload.get("data")):
-            return plan
-        threads = tune[0]
-        c = self._one_query_consts()
-        if self._refine:
-            data = L.payload["data"]
-            # The 4-bit scan keeps its candidates' rows; 8-bit looks the ids up.
-            idmap = L.map_arrays() if self._nbits == 8 else c["no_map"]
+        args = (q, *plan.pre, min(nprobe, self._nlist), *plan.mid,
+                k * kf if self._refine else k, *plan.post, out_d, out_i, *plan.tail)
+        call = plan.calls.get(key)
+        if call is None:
+            status = plan.kernel(*args)     # compiles if need be
+            plan.calls[key] = compiled_entry(plan.kernel, args)
         else:
-            data, idmap = c["no_data"], c["no_map"]
-        pq_one = _pq_one()
-        kernel = pq_one.adc_search_one if self._nbits == 8 else pq_one.fastscan_search_one
-        pre = (c["unit"], self._prepared.panels, c["coarse_metric"], IVF_ONE_QUERY_MIN_RUN,
-               IVF_SINGLE_RUNS_PER_THREAD * threads)
-        mid = (self._by_residual, self._split_rows(threads), codes, L.ids, L.starts,
-               L.sizes, self._pq.codebooks_t, c["kind"], c["term"], c["use_term"])
-        post = (self._refine, data, *idmap, c["l2"])
-        plan = (L, L.version, self._prepared, tune, L.ids, codes, L.starts, L.sizes,
-                L.payload.get("data"), kernel, pq_one.DONE, pre, mid, post, c["backend"])
+            status = call(*args)
+        return (out_d, out_i) if status == plan.done else None
+
+    def _one_plan(self) -> _OnePlan | None:
+        """The one-query kernel and its arguments but the query's own (q, nprobe, kk,
+        outputs), cached (None before training): assembling them per call (attribute
+        reads, the constants, the thread count's bounds) cost ~1.5 us of a ~25 us
+        glove-50 search at nprobe 1 (interleaved A/B in one process). Valid while the
+        lists object, its version (bumped by every add and remove), its arrays, the
+        prepared centroids, the thread count and the tunables are the ones it was built
+        for; ``add`` and ``train`` drop it (its references would stop numpy resizing
+        the arenas in place, or keep replaced lists alive) and pickling leaves it out."""
+        if self._centroids is None:
+            return None
+        L = self._lists
+        plan = self.__dict__.get("_one_plan_cache")
+        # The module's tunables too, so that a test's monkeypatch is seen. The lists'
+        # arrays are not compared one by one: they change only inside
+        # ``InvertedLists.add`` and ``remove``, which bump its version, or with the
+        # lists object itself (train, load), all under the write lock.
+        tune = (get_num_threads(), IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
+                PQ_SINGLE_MIN_ROWS, PQ4_SINGLE_BYTES_PER_ROW)
+        if (plan is not None and plan.lists is L and plan.version == L.version
+                and plan.prepared is self._prepared and plan.tune == tune):
+            return plan
+        plan = _OnePlan(self, L, tune)
         self.__dict__["_one_plan_cache"] = plan
         return plan
 
