@@ -22,7 +22,7 @@ import weakref
 
 from .._threads import launch_guard
 
-__all__ = ["RWLock", "reading", "writing"]
+__all__ = ["RWLock", "read_locked", "reading", "writing"]
 
 _LOCKS: "weakref.WeakSet[RWLock]" = weakref.WeakSet()
 
@@ -111,6 +111,23 @@ def _renew_after_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_after_fork)
+
+
+def read_locked(index, fn, *args):
+    """``fn(*args)`` under ``index``'s read lock and the launch guard, as ``reading``
+    runs a method. For ``search``, the hottest entry point: positional forwarding
+    costs less than the decorator's *args/**kwargs (~0.7 us of a ~40 us one-query
+    search on this machine)."""
+    guard = launch_guard()
+    lock = index._rw
+    lock.acquire_read()
+    try:
+        if guard is None:
+            return fn(*args)
+        with guard:
+            return fn(*args)
+    finally:
+        lock.release_read()
 
 
 def reading(method):

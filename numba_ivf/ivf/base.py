@@ -119,6 +119,7 @@ class IVFBase:
         state = self.__dict__.copy()
         del state["_rw"]
         state.pop("_one_plan_cache", None)     # a cache holding kernels and list arrays
+        state.pop("_one_calls", None)          # compiled entry points do not pickle
         return state
 
     def __setstate__(self, state):
@@ -260,6 +261,7 @@ class IVFBase:
         prepared = prepare_centroids(centroids, self._metric == "l2")
         rest = self._train_rest(x, centroids, prepared)
         self.__dict__.pop("_one_plan_cache", None)      # built for the old quantizer
+        self.__dict__.pop("_one_calls", None)
         self._set_centroids(centroids, prepared)
         for name, value in rest.items():
             setattr(self, name, value)

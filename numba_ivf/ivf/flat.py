@@ -18,12 +18,13 @@ from .._config import (
     IVF_SINGLE_MIN_RUN,
     IVF_SINGLE_RUNS_PER_THREAD,
 )
+from .._dispatch import compiled_entry, row_key
 from .._validation import check_choice
 from ..kernels.scan import list_scan
 from ..kernels.filtering._bits import no_filter
 from ._lists import InvertedLists
 from ._load import register_kind
-from ._rwlock import reading
+from ._rwlock import read_locked
 from .base import IVFBase, _n_threads
 
 __all__ = ["IVFFlat", "SEARCH_PATHS"]
@@ -86,7 +87,6 @@ class IVFFlat(IVFBase):
         return np.array(self._lists.payload["data"][row])
 
     # -- search ----------------------------------------------------------------------
-    @reading
     def search(self, q, k: int, nprobe: int = 1, *, filter=None, min_candidates=None,
                max_nprobe=None, path: str = "auto"):
         """The k nearest stored vectors of each query, among its nprobe nearest lists.
@@ -136,6 +136,11 @@ class IVFFlat(IVFBase):
         hold many rows (``IVF_ONE_QUERY_MIN_RUN`` in ``_config``). Such a row under a shared
         filter takes ``list_scan.search_one_filtered``, with the batch path's results.
         """
+        return read_locked(self, self._search, q, k, nprobe, filter, min_candidates,
+                           max_nprobe, path)
+
+    def _search(self, q, k, nprobe, filter, min_candidates, max_nprobe, path):
+        """``search`` under the read lock (``_rwlock.read_locked``)."""
         if path == "auto" or path == "single":
             one = self._one_query(q, k, nprobe)
             if one is not None:
@@ -180,17 +185,30 @@ class IVFFlat(IVFBase):
 
     def _search_one(self, q, k, nprobe):
         """One query in one kernel call (see ``list_scan.search_one``); None if q holds
-        NaN or inf, so that the general path raises its error."""
+        NaN or inf, so that the general path raises its error. The kernel's compiled
+        entry point is called directly (``_dispatch``), one per query type, found anew
+        whenever the lists change (an add may turn memory-mapped arrays writable)."""
         L = self._lists
+        key = row_key(q)
+        kernel = list_scan.search_one       # looked up per call: tests wrap it
+        calls = self.__dict__.get("_one_calls")
+        if calls is None or calls[0] is not L or calls[1] != L.version \
+                or calls[2] is not self._prepared or calls[3] is not kernel:
+            calls = self.__dict__["_one_calls"] = (L, L.version, self._prepared, kernel,
+                                                   {})
         out_d = np.empty((1, k), dtype=np.float32)
         out_i = np.empty((1, k), dtype=np.int64)
         # Module globals read at call time, so tests can shrink the runs.
-        ok = list_scan.search_one(q, self._prepared.panels, L.payload["data"], L.ids,
-                                  L.starts, L.sizes,
-                                  self._metric_code, self._metric == "cosine", nprobe,
-                                  IVF_ONE_QUERY_MIN_RUN,
-                                  IVF_SINGLE_RUNS_PER_THREAD * _n_threads(),
-                                  out_d, out_i)
+        args = (q, self._prepared.panels, L.payload["data"], L.ids, L.starts, L.sizes,
+                self._metric_code, self._metric == "cosine", nprobe,
+                IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD * _n_threads(), out_d,
+                out_i)
+        call = calls[4].get(key) if key is not None else kernel
+        if call is None:
+            ok = kernel(*args)
+            calls[4][key] = compiled_entry(kernel, args)
+        else:
+            ok = call(*args)
         return (out_d, out_i) if ok else None
 
     def _search_one_filtered(self, q, k, nprobe, filter, min_candidates, max_nprobe):

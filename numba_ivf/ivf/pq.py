@@ -17,11 +17,12 @@ from .._config import (IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
                        PQ4_SINGLE_BYTES_PER_ROW, PQ_SINGLE_MIN_ROWS,
                        PQ_TRAIN_MAX_POINTS_PER_CENTROID)
 from .._dispatch import compiled_entry, row_key
-from .._threads import get_num_threads, launch_guard
+from .._threads import get_num_threads
 from .._validation import check_choice, check_int
 from ..pq import ProductQuantizer, check_pq_shape
 from ._lists import InvertedLists
 from ._load import register_kind
+from ._rwlock import read_locked
 from .base import IVFBase, _n_threads
 
 __all__ = ["IVFPQ", "PQ_SEARCH_PATHS"]
@@ -293,20 +294,8 @@ class IVFPQ(IVFBase):
         batch, unless its probed lists are long enough to split over threads. So is one
         such row under a shared filter (``pq_one.*_search_one_filtered``).
         """
-        # The read lock (``_rwlock.reading``) taken here: the decorator's *args/**kwargs
-        # forwarding cost ~0.7 us of a ~40 us one-query search.
-        guard = launch_guard()
-        lock = self._rw
-        lock.acquire_read()
-        try:
-            if guard is None:
-                return self._search(q, k, nprobe, k_factor, filter, min_candidates,
-                                    max_nprobe, path, _backend)
-            with guard:
-                return self._search(q, k, nprobe, k_factor, filter, min_candidates,
-                                    max_nprobe, path, _backend)
-        finally:
-            lock.release_read()
+        return read_locked(self, self._search, q, k, nprobe, k_factor, filter,
+                           min_candidates, max_nprobe, path, _backend)
 
     def _search(self, q, k, nprobe, k_factor, filter, min_candidates, max_nprobe, path,
                 _backend):

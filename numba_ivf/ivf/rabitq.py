@@ -28,7 +28,7 @@ from .._config import (IVF_ONE_QUERY_MIN_RUN, IVF_SINGLE_RUNS_PER_THREAD,
 from .._validation import check_choice, check_int
 from ._lists import InvertedLists
 from ._load import register_kind
-from ._rwlock import reading
+from ._rwlock import read_locked, reading
 from .base import IVFBase, _n_threads
 from .pq import _check_bool
 
@@ -301,7 +301,6 @@ class IVFRaBitQ(IVFBase):
         return refine(q, self._lists, ids, k, self._metric == "l2", parallel=not serial,
                       cand_rows=rows)
 
-    @reading
     def search(self, q, k: int, nprobe: int = 1, *, k_factor: int | None = None,
                filter=None, min_candidates=None, max_nprobe=None, path: str = "auto",
                epsilon: float | None = None, _backend=None):
@@ -341,6 +340,12 @@ class IVFRaBitQ(IVFBase):
         I : ndarray of shape (nq, k), int64
             Ids, -1 where fewer than k were found; ties by ascending id.
         """
+        return read_locked(self, self._search, q, k, nprobe, k_factor, filter,
+                           min_candidates, max_nprobe, path, epsilon, _backend)
+
+    def _search(self, q, k, nprobe, k_factor, filter, min_candidates, max_nprobe, path,
+                epsilon, _backend):
+        """``search`` under the read lock (``_rwlock.read_locked``)."""
         if path == "auto" and _backend is None and filter is None \
                 and min_candidates is None and max_nprobe is None and self.is_trained \
                 and (epsilon is None or type(epsilon) is float and epsilon >= 0) \
